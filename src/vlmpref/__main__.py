@@ -1,0 +1,5 @@
+import sys
+
+from vlmpref.cli import main
+
+sys.exit(main())

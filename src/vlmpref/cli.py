@@ -1,0 +1,231 @@
+"""The `vlmpref` command: a table from sub-command to config class and function.
+
+    vlmpref demo
+    vlmpref train --config configs/smolvlm-instruct/dpo-guide.yaml
+    vlmpref generate --model runs/tiny --image photo.png --prompt "What is in the image?"
+    vlmpref data check --dataset runs/demo/data --split test
+    vlmpref data synthetic --output-dir runs/shapes
+    vlmpref tiny-model --output-dir runs/tiny
+
+Each sub-command's options come from its config dataclass; `--config FILE.yaml` supplies them from YAML
+and flags override the file. User errors print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import warnings
+from dataclasses import dataclass
+from typing import Callable
+
+from vlmpref import config as config_io
+from vlmpref.errors import VlmprefError
+
+
+# ---- what each command does
+
+
+def _cmd_demo(cfg):
+    from vlmpref.demo import run_demo
+
+    run_demo(cfg)
+
+
+def _cmd_train(cfg):
+    from vlmpref.train.run import train
+
+    result = train(cfg)
+    final = {k: v for k, v in result.summary["final_log"].items() if k != "log_history"}
+    print(f"Trained {result.summary['steps']} steps in {result.summary['seconds']:.0f} s; adapter, processor and "
+          f"config saved to {result.output_dir}")
+    if final:
+        print(json.dumps(final))
+
+
+def _cmd_generate(cfg):
+    from vlmpref.generate import run_generate
+
+    result = run_generate(cfg)
+    if isinstance(result, list):
+        print(result[0])
+    else:
+        print(f"Answers written to {result}")
+
+
+def _cmd_data_check(cfg):
+    from rich.console import Console
+
+    from vlmpref.data.check import run_check
+
+    processor = None
+    if cfg.model:
+        from vlmpref.models import load_processor
+
+        processor = load_processor(cfg.model, cfg.trust_remote_code)
+    report = run_check(cfg, processor)
+    console = Console()
+    console.print(f"[bold]{report['dataset']} [{report['split']}][/]: {report['rows']} rows, "
+                  f"{report['rows_used']} usable, {report['rows_set_aside']} set aside")
+    console.print("columns: " + ", ".join(f"{k} ({v})" for k, v in report["columns"].items()), soft_wrap=True)
+    for key in ("images", "tokens"):
+        if report.get(key):
+            console.print(f"{key}: {json.dumps(report[key])}", soft_wrap=True)
+    for row in report["problem_rows"][:50]:
+        console.print(f"  row {row['row_id']}: {row['reason']}", soft_wrap=True)
+    if len(report["problem_rows"]) > 50:
+        where = f"{cfg.output_dir}/rejected_rows.jsonl" if cfg.output_dir else "--output-dir DIR to write them all"
+        console.print(f"  ... and {len(report['problem_rows']) - 50} more ({where})")
+
+
+def _cmd_synthetic(cfg):
+    from vlmpref.data.synthetic import write_synthetic
+
+    print(f"Shapes world written to {write_synthetic(cfg)} (splits: train, test)")
+
+
+def _cmd_tiny_model(cfg):
+    from vlmpref.models.tiny import save_tiny_model
+
+    print(f"Tiny {cfg.architecture} model and processor written to {save_tiny_model(cfg)}")
+
+
+@dataclass
+class Command:
+    config: Callable[[], type]  # imported lazily so `vlmpref --help` stays quick
+    run: Callable
+    help: str
+
+
+def _cls(module: str, name: str) -> Callable[[], type]:
+    def load():
+        import importlib
+
+        return getattr(importlib.import_module(module), name)
+
+    return load
+
+
+COMMANDS: dict[str, Command] = {
+    "demo": Command(_cls("vlmpref.demo", "DemoConfig"), _cmd_demo,
+                    "Run the whole pipeline offline on a CPU: shapes world, 4-bit DoRA DPO, before/after table."),
+    "train": Command(_cls("vlmpref.train.config", "TrainConfig"), _cmd_train,
+                     "DPO-train an adapter (the guide's recipe by default)."),
+    "generate": Command(_cls("vlmpref.generate", "GenerateConfig"), _cmd_generate,
+                        "Answer a question about an image, or every row of a dataset split."),
+    "data check": Command(_cls("vlmpref.data.check", "DataCheckConfig"), _cmd_data_check,
+                          "Load a dataset as train would and report rows, images, tokens and problem rows."),
+    "data synthetic": Command(_cls("vlmpref.data.synthetic", "SyntheticConfig"), _cmd_synthetic,
+                              "Write the shapes world (train and disjoint test splits) with save_to_disk."),
+    "tiny-model": Command(_cls("vlmpref.models.tiny", "TinyModelConfig"), _cmd_tiny_model,
+                          "Write a tiny random VLM and its processor, offline, in seconds."),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line and exits 2, like VlmprefError."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message}; see `{self.prog} --help`.\n")
+
+
+def _requested(argv: list[str]) -> str | None:
+    """The command named on the command line, so only its config class (and its imports) is loaded."""
+    words = [a for a in argv if not a.startswith("-")][:2]
+    for n in (2, 1):
+        if len(words) >= n and " ".join(words[:n]) in COMMANDS:
+            return " ".join(words[:n])
+    return None
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command; options are added for `only` (all commands when None)."""
+    parser = _Parser(prog="vlmpref", description="Preference-tune (DPO) small vision-language models, and prove "
+                     "the gain with a before/after evaluation.", formatter_class=argparse.RawDescriptionHelpFormatter,
+                     epilog=__doc__.split("\n\n")[1])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    groups: dict[str, argparse._SubParsersAction] = {}
+    for name, command in COMMANDS.items():
+        if " " in name:
+            group, leaf = name.split(" ", 1)
+            if group not in groups:
+                group_parser = sub.add_parser(group, help=f"{group} commands: " + ", ".join(
+                    n.split(" ", 1)[1] for n in COMMANDS if n.startswith(group + " ")))
+                groups[group] = group_parser.add_subparsers(dest="subcommand", metavar="SUBCOMMAND",
+                                                            parser_class=_Parser)
+                groups[group].required = True
+            p = groups[group].add_parser(leaf, help=command.help, description=command.help)
+        else:
+            p = sub.add_parser(name, help=command.help, description=command.help)
+        p.set_defaults(_command=name)
+        if only is None or only == name:
+            config_io.add_arguments(p, command.config())
+    return parser
+
+
+def _nearest_option(parser: argparse.ArgumentParser, command: str | None, flag: str) -> str:
+    """", did you mean --x?" for a mistyped flag, from the options of the command in use."""
+    import difflib
+
+    options: list[str] = []
+    stack = [parser]
+    while stack:
+        p = stack.pop()
+        for action in p._actions:
+            options += [o for o in action.option_strings if o.startswith("--")]
+            if isinstance(action, argparse._SubParsersAction):
+                stack += list(action.choices.values())
+    near = difflib.get_close_matches(flag.split("=")[0], options, n=1, cutoff=0.6)
+    return f" (did you mean {near[0]}?)" if near else ""
+
+
+def _quiet_libraries():
+    """Keep the terminal for progress and results; library chatter goes to the log level WARNING+ only."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message=".*use_reentrant.*")
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+    except ImportError:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = config_io.normalize_flags(sys.argv[1:] if argv is None else list(argv))
+    _quiet_libraries()
+    requested = _requested(argv)
+    parser = build_parser(only=requested or "")
+    namespace, unknown = parser.parse_known_args(argv)
+    if unknown:
+        parser.exit(2, f"error: unknown option {unknown[0]}{_nearest_option(parser, requested, unknown[0])}; "
+                       f"see `vlmpref {requested or ''} --help`.\n".replace("  ", " "))
+    args = vars(namespace)
+    name = args.pop("_command", None)
+    args.pop("command", None)
+    args.pop("subcommand", None)
+    if name is None:
+        parser.print_help()
+        return 2
+    command = COMMANDS[name]
+    try:
+        yaml_path = args.pop("config", None)
+        cfg = config_io.resolve(command.config(), flags=args, yaml_path=yaml_path)
+        command.run(cfg)
+    except VlmprefError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""Config dataclasses as CLI flags and YAML files, with one precedence: flags > YAML > defaults.
+
+Every command has a plain dataclass whose fields carry `metadata={"help": ...}`. This module turns such a
+class into argparse flags (spelled with dashes or underscores), reads a YAML file, rejects unknown keys
+with the nearest valid name, and writes the resolved config beside the outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+
+from vlmpref.errors import VlmprefError
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    origin = get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = str(text).strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    """Add one flag per dataclass field. Defaults are suppressed so only given flags reach the namespace."""
+    hints = _field_types(cls)
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("cli") is False:
+            continue
+        tp, optional = _unwrap_optional(hints[f.name])
+        names = [f"--{f.name.replace('_', '-')}"]  # --x_y is accepted too: see normalize_flags
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        help_text = f.metadata.get("help", "")
+        shown = "auto" if default is None and optional else default
+        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS,
+                                  # argparse %-formats help strings, and defaults such as train[:6%] hold a %
+                                  "help": f"{help_text} (default: {shown})".replace("%", "%%")}
+        if tp is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif get_origin(tp) is Literal:
+            kwargs["choices"] = list(get_args(tp))
+            kwargs["type"] = type(get_args(tp)[0])
+            kwargs["metavar"] = "{" + ",".join(map(str, get_args(tp))) + "}"
+        elif get_origin(tp) is list:
+            (inner,) = get_args(tp)
+            kwargs["nargs"] = "+"
+            kwargs["type"] = inner
+        else:
+            kwargs["type"] = tp
+        if f.metadata.get("positional"):
+            parser.add_argument(f.name, nargs="?", default=argparse.SUPPRESS, type=kwargs.get("type", str),
+                                help=kwargs["help"])
+            continue
+        parser.add_argument(*names, **kwargs)
+
+
+def normalize_flags(argv: list[str]) -> list[str]:
+    """Accept transformers-style `--learning_rate` as well as `--learning-rate`."""
+    out = []
+    for arg in argv:
+        if arg.startswith("--") and "_" in arg.split("=", 1)[0]:
+            name, sep, value = arg.partition("=")
+            arg = name.replace("_", "-") + sep + value
+        out.append(arg)
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping of config values, with one-line errors for a missing or invalid file."""
+    path = Path(path)
+    if not path.is_file():
+        raise VlmprefError(f"Config file {path} does not exist; check the path given to --config.")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise VlmprefError(f"Config file {path} is not valid YAML{where}; fix the syntax there.") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise VlmprefError(f"Config file {path} must hold a mapping of option: value, not a {type(data).__name__}.")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def check_keys(cls: type, values: dict[str, Any], source: str) -> None:
+    """Reject keys the config class does not have, suggesting the nearest valid one."""
+    valid = [f.name for f in dataclasses.fields(cls)]
+    for key in values:
+        if key not in valid:
+            near = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+            hint = f"; did you mean '{near[0]}'?" if near else f"; valid keys are listed by --help."
+            raise VlmprefError(f"Unknown option '{key}' in {source}{hint}")
+
+
+def _coerce(name: str, tp: Any, value: Any, source: str) -> Any:
+    """Convert a YAML value to the field's type, so `learning_rate: 1e-4` (a str in YAML 1.1) works."""
+    base, optional = _unwrap_optional(tp)
+    if value is None:
+        if optional:
+            return None
+        raise VlmprefError(f"Option '{name}' in {source} cannot be empty; give a value or remove the line.")
+    try:
+        if base is bool:
+            return value if isinstance(value, bool) else _parse_bool(value)
+        if get_origin(base) is Literal:
+            choices = get_args(base)
+            if value not in choices:
+                raise VlmprefError(f"Option '{name}' in {source} must be one of {', '.join(map(str, choices))}, "
+                                   f"not {value!r}.")
+            return value
+        if get_origin(base) is list:
+            (inner,) = get_args(base)
+            items = value if isinstance(value, list) else [value]
+            return [inner(v) for v in items]
+        if base in (int, float, str):
+            if base is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return base(value)
+    except (TypeError, ValueError, argparse.ArgumentTypeError):
+        raise VlmprefError(f"Option '{name}' in {source} must be of type {getattr(base, '__name__', base)}, "
+                           f"not {value!r}.") from None
+    return value
+
+
+def resolve(cls: type, flags: dict[str, Any] | None = None, yaml_path: str | Path | None = None,
+            **overrides: Any):
+    """Build a config: dataclass defaults, then the YAML file, then flags and keyword overrides."""
+    hints = _field_types(cls)
+    values: dict[str, Any] = {}
+    if yaml_path:
+        from_yaml = read_yaml(yaml_path)
+        check_keys(cls, from_yaml, f"config file {yaml_path}")
+        values.update({k: _coerce(k, hints[k], v, f"config file {yaml_path}") for k, v in from_yaml.items()})
+    given = {**(flags or {}), **overrides}
+    check_keys(cls, given, "the arguments")
+    values.update(given)
+    if "config" in hints and yaml_path:
+        values["config"] = str(yaml_path)
+    try:
+        return cls(**values)
+    except TypeError as exc:  # a required field left out
+        raise VlmprefError(f"{exc}; give it as a flag or in the YAML file.") from None
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def save(cfg: Any, path: str | Path) -> Path:
+    """Write the resolved config as YAML; `vlmpref <command> --config` reads it back unchanged."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = f"# resolved {type(cfg).__name__}; rerun with: vlmpref <command> --config {path.name}\n"
+    path.write_text(header + yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    return path

@@ -1,0 +1,90 @@
+"""Find and open a dataset: a Hub id, a `save_to_disk` folder, a folder of data files, or one file.
+
+All paths end in `datasets.load_dataset` / `load_from_disk`, so split slicing (`train[:6%]`) means the same
+thing everywhere. Errors a user can cause (no such path or id, unknown split) become one-line VlmprefErrors.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import datasets
+from datasets import Dataset, DatasetDict, ReadInstruction
+
+from vlmpref.errors import VlmprefError
+
+FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+def split_name(split: str) -> str:
+    """`train[:6%]` -> `train`."""
+    return re.split(r"[\[+]", split, maxsplit=1)[0].strip()
+
+
+def base_folder(dataset: str) -> Path | None:
+    """The folder that relative image paths of a local dataset are read from; None for Hub datasets."""
+    path = Path(dataset).expanduser()
+    if path.is_file():
+        return path.parent.resolve()
+    if path.is_dir():
+        return path.resolve()
+    return None
+
+
+def _select_split(ds: DatasetDict | Dataset, split: str, where: str) -> Dataset:
+    if isinstance(ds, Dataset):
+        ds = DatasetDict({"train": ds})
+    name = split_name(split)
+    if name not in ds:
+        raise VlmprefError(f"Split '{name}' is not in {where}; available splits: {', '.join(ds)}.")
+    try:
+        instruction = ReadInstruction.from_spec(split)
+        (absolute,) = instruction.to_absolute({name: len(ds[name])})
+    except (ValueError, AssertionError) as exc:
+        raise VlmprefError(f"Split '{split}' is not valid ({exc}); use the form train, train[:100] or train[:6%].") from None
+    start = absolute.from_ or 0
+    stop = len(ds[name]) if absolute.to is None else absolute.to
+    part = ds[name]
+    return part if (start, stop) == (0, len(part)) else part.select(range(start, stop))
+
+
+def _is_saved_dataset(path: Path) -> bool:
+    return (path / "dataset_dict.json").is_file() or (path / "state.json").is_file()
+
+
+def load_raw(dataset: str, split: str = "train") -> Dataset:
+    """Open `dataset` (Hub id, folder or file) and return the requested split, unmodified."""
+    path = Path(dataset).expanduser()
+    try:
+        if path.is_dir() and _is_saved_dataset(path):
+            return _select_split(datasets.load_from_disk(str(path)), split, f"the saved dataset {path}")
+        if path.is_file():
+            builder = FILE_BUILDERS.get(path.suffix.lower())
+            if builder is None:
+                raise VlmprefError(f"Cannot read {path}: use a .jsonl, .json, .parquet or .csv file, a folder "
+                                   "written by save_to_disk, or a Hub dataset id.")
+            if split_name(split) != "train":
+                raise VlmprefError(f"A single file is one split called 'train'; use --split train (or a slice "
+                                   f"such as train[:10%]) for {path}.")
+            return datasets.load_dataset(builder, data_files=str(path), split=split)
+        if path.exists():
+            return datasets.load_dataset(str(path), split=split)
+        if dataset.startswith((".", "/", "~")) or dataset.count("/") > 1 or path.suffix in FILE_BUILDERS:
+            raise VlmprefError(f"Dataset path {dataset} does not exist; check the path given to --dataset.")
+        return datasets.load_dataset(dataset, split=split)
+    except VlmprefError:
+        raise
+    except datasets.exceptions.DatasetNotFoundError:
+        raise VlmprefError(f"Dataset '{dataset}' is neither a local path nor a dataset on the Hugging Face Hub; "
+                           "check the name, or log in with `hf auth login` if it is private.") from None
+    except (ConnectionError, OSError) as exc:
+        if "offline" in str(exc).lower() or "connect" in str(exc).lower() or "resolve" in str(exc).lower():
+            raise VlmprefError(f"Dataset '{dataset}' is not a local path and the Hugging Face Hub cannot be "
+                               "reached; check the path, or connect to the internet to download it.") from None
+        raise
+    except ValueError as exc:
+        text = str(exc)
+        if "split" in text.lower():
+            raise VlmprefError(f"Split '{split}' does not fit dataset '{dataset}': {text.splitlines()[0]}") from None
+        raise

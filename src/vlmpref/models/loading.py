@@ -1,0 +1,146 @@
+"""Load any image-text-to-text checkpoint (Hub id or local folder), optionally quantized with bitsandbytes.
+
+    from vlmpref.models import load_model, load_processor
+    processor = load_processor("HuggingFaceTB/SmolVLM-Instruct")
+    model = load_model("HuggingFaceTB/SmolVLM-Instruct", quantization="4bit")
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Literal
+
+import torch
+from transformers import AutoModelForImageTextToText, AutoProcessor, BitsAndBytesConfig
+
+from vlmpref.errors import VlmprefError
+
+Quantization = Literal["none", "8bit", "4bit"]
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def supports_bf16(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+
+def default_attention(device: torch.device) -> str:
+    """FlashAttention 2 when installed on a GPU (the guide's choice), else PyTorch's sdpa."""
+    if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def quantization_config(quantization: Quantization, compute_dtype: torch.dtype) -> BitsAndBytesConfig | None:
+    """The guide's 4-bit: NF4 with double quantization; 8-bit is LLM.int8()."""
+    if quantization == "4bit":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                  bnb_4bit_compute_dtype=compute_dtype)
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return None
+
+
+def _check_source(model_id: str) -> None:
+    path = Path(model_id).expanduser()
+    looks_local = model_id.startswith((".", "/", "~")) or model_id.count("/") > 1
+    if looks_local and not path.exists():
+        raise VlmprefError(f"Model path {model_id} does not exist; check the path given to --model.")
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise VlmprefError(f"Folder {model_id} holds no config.json, so it is not a saved model; "
+                           "point --model at the folder written by save_pretrained (or `vlmpref tiny-model`).")
+
+
+def _explain_oserror(model_id: str, exc: OSError) -> VlmprefError:
+    text = str(exc)
+    if "safetensors" in text.lower() and ".bin" in text:
+        return VlmprefError(f"Model {model_id} has only pickle (.bin) weights, which can run code when loaded; "
+                            "pass --allow-pickle if you trust its source.")
+    if "not a valid model identifier" in text or "Repository Not Found" in text or "404" in text:
+        return VlmprefError(f"Model '{model_id}' is neither a local folder nor a model on the Hugging Face Hub; "
+                            "check the name, or log in with `hf auth login` if it is private.")
+    if "connect" in text.lower() or "offline" in text.lower() or "resolve" in text.lower():
+        return VlmprefError(f"Model '{model_id}' is not a local folder and the Hugging Face Hub cannot be reached; "
+                            "check the path, or connect to the internet to download it.")
+    return VlmprefError(f"Model '{model_id}' could not be loaded: {text.splitlines()[0]}")
+
+
+def load_processor(model_id: str, trust_remote_code: bool = False):
+    """The model's processor (tokenizer + image processor), with left padding for batched generation."""
+    _check_source(model_id)
+    try:
+        processor = AutoProcessor.from_pretrained(model_id, trust_remote_code=trust_remote_code)
+    except OSError as exc:
+        raise _explain_oserror(model_id, exc) from None
+    except ValueError as exc:
+        if "trust_remote_code" in str(exc):
+            raise VlmprefError(f"Model '{model_id}' needs its own code to load; pass --trust-remote-code only if "
+                               "you trust its source.") from None
+        raise
+    tokenizer = getattr(processor, "tokenizer", None)
+    if tokenizer is None:
+        raise VlmprefError(f"'{model_id}' has no tokenizer in its processor, so it is not an image-text model.")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return processor
+
+
+def load_model(model_id: str, quantization: Quantization = "none", dtype: torch.dtype | None = None,
+               attn_implementation: str | None = None, device: torch.device | str | None = None,
+               trust_remote_code: bool = False, allow_pickle: bool = False):
+    """Load an `AutoModelForImageTextToText` checkpoint on `device` (CUDA when present, else CPU).
+
+    `dtype` defaults to bf16 on GPUs that support it and float32 on the CPU; quantized models compute in bf16
+    on the GPU (the guide's setting). bitsandbytes 4-bit also runs on the CPU.
+    """
+    _check_source(model_id)
+    device = torch.device(device) if device is not None else default_device()
+    if dtype is None:
+        dtype = torch.bfloat16 if supports_bf16(device) else torch.float32
+    if quantization not in ("none", "8bit", "4bit"):
+        raise VlmprefError(f"Quantization '{quantization}' is not one of none, 8bit, 4bit.")
+    if quantization != "none" and importlib.util.find_spec("bitsandbytes") is None:
+        raise VlmprefError(f"--quantization {quantization} needs bitsandbytes; install it with "
+                           "`pip install bitsandbytes==0.50.2`, or use --quantization none.")
+    kwargs = dict(dtype=dtype, attn_implementation=attn_implementation or default_attention(device),
+                  trust_remote_code=trust_remote_code, use_safetensors=None if allow_pickle else True)
+    qconfig = quantization_config(quantization, dtype if dtype != torch.float32 else torch.bfloat16)
+    if qconfig is not None:
+        kwargs["quantization_config"] = qconfig
+        kwargs["device_map"] = {"": device.index or 0} if device.type == "cuda" else {"": "cpu"}
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(model_id, **kwargs)
+    except OSError as exc:
+        raise _explain_oserror(model_id, exc) from None
+    except ValueError as exc:
+        text = str(exc)
+        if "trust_remote_code" in text:
+            raise VlmprefError(f"Model '{model_id}' needs its own code to load; pass --trust-remote-code only if "
+                               "you trust its source.") from None
+        if "Unrecognized configuration class" in text or "does not support" in text:
+            raise VlmprefError(f"Model '{model_id}' is not an image-text-to-text model that transformers can load "
+                               "with AutoModelForImageTextToText.") from None
+        raise
+    if qconfig is None:
+        model.to(device)
+    elif device.type == "cpu":
+        keep_cpu_4bit_layout(model)
+    return model
+
+
+def keep_cpu_4bit_layout(model) -> None:
+    """Stop bitsandbytes from repacking 4-bit weights on AVX512-bf16 CPUs at the first eval-mode forward.
+
+    The repacked layout is only understood by bitsandbytes' own CPU matmul: PEFT's DoRA dequantizes the
+    weight itself and gets garbage, and training after an evaluation fails in `matmul_4bit` (DESIGN,
+    pitfalls). Keeping the standard layout costs some CPU inference speed and keeps both correct.
+    """
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False

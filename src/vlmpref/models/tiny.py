@@ -1,0 +1,160 @@
+"""Tiny random vision-language models built from configs, never downloaded.
+
+    vlmpref tiny-model --output-dir runs/tiny                       # Idefics3 (SmolVLM architecture)
+    vlmpref tiny-model --output-dir runs/tiny-llava --architecture llava
+
+Each model is saved with `save_pretrained` together with its processor (a small byte-level BPE tokenizer
+with a SmolVLM-style chat template), so tests and smoke runs load it through the ordinary
+`AutoProcessor` / `AutoModelForImageTextToText.from_pretrained` path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    AutoModelForImageTextToText,
+    Idefics3Config,
+    Idefics3Processor,
+    LlavaConfig,
+    LlavaProcessor,
+    PreTrainedTokenizerFast,
+)
+from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
+from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
+
+from vlmpref.data.synthetic import text_corpus
+from vlmpref.errors import VlmprefError
+
+# Qwen2-VL is left out: its processor needs a video processor, which needs torchvision.
+Architecture = Literal["idefics3", "llava"]
+
+PAD, BOS, EOS = "<|endoftext|>", "<|im_start|>", "<end_of_utterance>"
+IDEFICS3_TOKENS = ["<fake_token_around_image>", "<image>", "<global-img>"] + [
+    f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)
+]
+
+# SmolVLM's conversation layout ("User:<image>question<end_of_utterance>\nAssistant: answer"), accepting
+# content as a string or as a list of typed parts. `image_markup` is what one image part renders to.
+_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}{{ message['role'] | capitalize }}"
+    "{% if message['content'] is string %}: {{ message['content'] }}"
+    "{% else %}{% if message['content'][0]['type'] == 'image' %}:{% else %}: {% endif %}"
+    "{% for part in message['content'] %}{% if part['type'] == 'text' %}{{ part['text'] }}"
+    "{% elif part['type'] == 'image' %}IMAGE_MARKUP{% endif %}{% endfor %}{% endif %}"
+    "{{ eos_token }}\n{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+
+
+@dataclass
+class TinyModelConfig:
+    """Options of `vlmpref tiny-model`."""
+
+    output_dir: str = field(metadata={"help": "Folder to write the model, processor and tokenizer to."})
+    architecture: Architecture = field(default="idefics3", metadata={
+        "help": "Model family: idefics3 (SmolVLM) or llava."})
+    image_size: int = field(default=64, metadata={"help": "Square input resolution of the vision tower, pixels."})
+    patch_size: int = field(default=8, metadata={"help": "Vision patch size, pixels."})
+    vision_hidden_size: int = field(default=64, metadata={"help": "Vision tower width."})
+    vision_layers: int = field(default=2, metadata={"help": "Vision tower depth."})
+    text_hidden_size: int = field(default=128, metadata={"help": "Language model width."})
+    text_layers: int = field(default=4, metadata={"help": "Language model depth."})
+    text_heads: int = field(default=4, metadata={"help": "Language model attention heads."})
+    text_kv_heads: int = field(default=2, metadata={"help": "Language model key/value heads (grouped-query attention)."})
+    vocab_size: int = field(default=1024, metadata={"help": "Size of the byte-level BPE vocabulary to train."})
+    seed: int = field(default=0, metadata={"help": "Seed of the random weights."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace an existing, non-empty output folder."})
+
+
+def build_tokenizer(vocab_size: int = 1024, image_markup: str = "<image>") -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE tokenizer on the synthetic world's text: any string tokenizes, common words are one token."""
+    special = [PAD, BOS, EOS] + IDEFICS3_TOKENS
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(text_corpus(), trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD,
+                                        model_max_length=4096, padding_side="left",
+                                        chat_template=_CHAT_TEMPLATE.replace("IMAGE_MARKUP", image_markup))
+    tokenizer.add_special_tokens({"additional_special_tokens": special[3:]})
+    return tokenizer
+
+
+def _text_config(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerFast, model_type: str) -> dict:
+    return dict(model_type=model_type, hidden_size=cfg.text_hidden_size, intermediate_size=2 * cfg.text_hidden_size,
+                num_hidden_layers=cfg.text_layers, num_attention_heads=cfg.text_heads,
+                num_key_value_heads=cfg.text_kv_heads, vocab_size=len(tokenizer), max_position_embeddings=2048,
+                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
+
+
+def _idefics3(cfg: TinyModelConfig):
+    tokenizer = build_tokenizer(cfg.vocab_size)
+    scale_factor = 2
+    # Idefics3 requires image_seq_len == (image_size / patch)^2 / scale_factor^2 (DESIGN, pitfalls)
+    image_seq_len = (cfg.image_size // cfg.patch_size) ** 2 // scale_factor**2
+    image_processor = Idefics3ImageProcessorPil(
+        do_image_splitting=False, size={"longest_edge": cfg.image_size},
+        max_image_size={"longest_edge": cfg.image_size})
+    processor = Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer,
+                                  image_seq_len=image_seq_len, chat_template=tokenizer.chat_template)
+    config = Idefics3Config(
+        vision_config=dict(hidden_size=cfg.vision_hidden_size, intermediate_size=2 * cfg.vision_hidden_size,
+                           num_hidden_layers=cfg.vision_layers, num_attention_heads=2,
+                           image_size=cfg.image_size, patch_size=cfg.patch_size),
+        text_config=_text_config(cfg, tokenizer, "llama"), scale_factor=scale_factor,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"), pad_token_id=tokenizer.pad_token_id)
+    return config, processor
+
+
+def _llava(cfg: TinyModelConfig):
+    tokenizer = build_tokenizer(cfg.vocab_size)
+    image_processor = LlavaImageProcessorPil(
+        size={"height": cfg.image_size, "width": cfg.image_size}, crop_size={"height": cfg.image_size,
+                                                                            "width": cfg.image_size},
+        do_pad=False, do_center_crop=False)
+    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=cfg.patch_size,
+                               vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                               chat_template=tokenizer.chat_template)
+    config = LlavaConfig(
+        vision_config=dict(model_type="clip_vision_model", hidden_size=cfg.vision_hidden_size,
+                           intermediate_size=2 * cfg.vision_hidden_size, num_hidden_layers=cfg.vision_layers,
+                           num_attention_heads=2, image_size=cfg.image_size, patch_size=cfg.patch_size,
+                           projection_dim=cfg.vision_hidden_size),
+        text_config=_text_config(cfg, tokenizer, "llama"),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"), vision_feature_layer=-1,
+        vision_feature_select_strategy="default", projector_hidden_act="gelu")
+    return config, processor
+
+
+_BUILDERS = {"idefics3": _idefics3, "llava": _llava}
+
+
+def build_tiny_model(cfg: TinyModelConfig):
+    """Return a random tiny (model, processor) pair of the chosen architecture, in float32."""
+    config, processor = _BUILDERS[cfg.architecture](cfg)
+    torch.manual_seed(cfg.seed)
+    model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
+    tokenizer = processor.tokenizer
+    # Without these, generate() realigns eos/pad/bos with a warning (DESIGN, pitfalls)
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        setattr(model.generation_config, key, getattr(tokenizer, key))
+    model.generation_config.max_new_tokens = 64
+    return model, processor
+
+
+def save_tiny_model(cfg: TinyModelConfig) -> Path:
+    """Build a tiny model and write it with its processor to `cfg.output_dir`."""
+    out = Path(cfg.output_dir)
+    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
+        raise VlmprefError(f"Output folder {out} is not empty; choose another --output-dir or pass --overwrite.")
+    model, processor = build_tiny_model(cfg)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out

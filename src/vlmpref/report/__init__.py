@@ -1,0 +1,1 @@
+"""Stage 6 of the pipeline: before/after tables and reports."""

@@ -1,0 +1,116 @@
+"""`TrainConfig`: every option of `vlmpref train`, with the guide's recipe as the defaults.
+
+Names follow transformers / TRL / PEFT (`learning_rate`, `per_device_train_batch_size`, `beta`, `lora_r`,
+`use_dora`, ...), so a TRL user recognizes each flag. The same class feeds the CLI, YAML files and the API.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+from vlmpref.errors import VlmprefError
+from vlmpref.models.adapters import GUIDE_TARGET_MODULES, LoraScope
+from vlmpref.models.loading import Quantization
+
+LOSS_TYPES = ("sigmoid", "ipo", "hinge", "sft", "robust", "sigmoid_norm", "apo_zero", "apo_down")
+
+
+@dataclass
+class TrainConfig:
+    """Options of `vlmpref train`. Defaults reproduce the guide: SmolVLM-Instruct, rlaif-v, 4-bit DoRA DPO."""
+
+    # ---- what to train on
+    model: str = field(default="HuggingFaceTB/SmolVLM-Instruct", metadata={
+        "help": "Base model: Hub id or local folder (any AutoModelForImageTextToText checkpoint)."})
+    dataset: str = field(default="HuggingFaceH4/rlaif-v_formatted", metadata={
+        "help": "Preference data: Hub id, save_to_disk folder, folder of data files, or a .jsonl/.json/.parquet file."})
+    split: str = field(default="train[:6%]", metadata={"help": "Training split, slicing allowed (train[:6%])."})
+    eval_dataset: Optional[str] = field(default=None, metadata={
+        "help": "Held-out preference data for evaluation during training; defaults to --dataset when "
+                "--eval-split is given."})
+    eval_split: Optional[str] = field(default=None, metadata={"help": "Held-out split, e.g. test[:1%]."})
+    output_dir: str = field(default="runs/dpo", metadata={
+        "help": "Folder for the adapter, processor, resolved config, logs and checkpoints."})
+    config: Optional[str] = field(default=None, metadata={"help": "YAML file with these options; flags override it."})
+    overwrite: bool = field(default=False, metadata={"help": "Allow writing into a non-empty --output-dir."})
+
+    # ---- model and adapter
+    quantization: Quantization = field(default="4bit", metadata={
+        "help": "Base weights as none, 8bit or 4bit (NF4, double quantization, bf16 compute)."})
+    use_dora: bool = field(default=True, metadata={"help": "DoRA (weight-decomposed LoRA) instead of plain LoRA."})
+    lora_r: int = field(default=8, metadata={"help": "Adapter rank."})
+    lora_alpha: int = field(default=8, metadata={"help": "Adapter scaling numerator (scale = alpha / r)."})
+    lora_dropout: float = field(default=0.1, metadata={"help": "Dropout on the adapter input."})
+    init_lora_weights: str = field(default="gaussian", metadata={"help": "PEFT init of the adapter (gaussian, true, pissa, ...)."})
+    lora_target_modules: list[str] = field(default_factory=lambda: list(GUIDE_TARGET_MODULES), metadata={
+        "help": "Module names that get adapters."})
+    lora_scope: LoraScope = field(default="all", metadata={
+        "help": "all: every target module, vision tower included (the guide); language: the language model only."})
+    attn_implementation: Optional[str] = field(default=None, metadata={
+        "help": "Attention kernel; auto picks flash_attention_2 when installed on a GPU, else sdpa."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow the model's own code to run."})
+    allow_pickle: bool = field(default=False, metadata={"help": "Allow pickle (.bin) weights, which can run code."})
+
+    # ---- optimization (TRL DPOConfig names)
+    engine: Literal["trl"] = field(default="trl", metadata={
+        "help": "Training engine: trl runs TRL's DPOTrainer (the reference recipe)."})
+    learning_rate: float = field(default=1e-6, metadata={"help": "Peak learning rate (TRL's DPO default)."})
+    num_train_epochs: float = field(default=5.0, metadata={"help": "Passes over the training split."})
+    max_steps: int = field(default=-1, metadata={"help": "Stop after this many optimizer steps; -1 uses the epochs."})
+    per_device_train_batch_size: int = field(default=1, metadata={"help": "Preference pairs per forward pass."})
+    per_device_eval_batch_size: int = field(default=1, metadata={"help": "Pairs per evaluation forward pass."})
+    gradient_accumulation_steps: int = field(default=32, metadata={"help": "Forward passes per optimizer step."})
+    lr_scheduler_type: str = field(default="linear", metadata={"help": "Learning-rate schedule (transformers names)."})
+    warmup_steps: float = field(default=0.0, metadata={
+        "help": "Linear warm-up: a number of steps, or a share of all steps when below 1 (transformers' rule)."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm."})
+    beta: float = field(default=0.1, metadata={"help": "DPO temperature: how far the policy may move from the reference."})
+    loss_type: list[str] = field(default_factory=lambda: ["sigmoid"], metadata={
+        "help": f"Loss or losses to sum: {', '.join(LOSS_TYPES)}. 'sigmoid sft' adds a likelihood term on chosen "
+                "answers (RPO), which keeps a small model's answers well-formed."})
+    loss_weights: Optional[list[float]] = field(default=None, metadata={"help": "Weight of each --loss-type."})
+    max_length: Optional[int] = field(default=None, metadata={
+        "help": "Truncate prompt+answer to this many tokens; auto keeps everything (image tokens are never cut)."})
+    bf16: Optional[bool] = field(default=None, metadata={
+        "help": "bf16 mixed precision; auto uses it on GPUs that support it and with quantized weights."})
+    gradient_checkpointing: bool = field(default=True, metadata={"help": "Recompute activations to save memory."})
+    seed: int = field(default=42, metadata={"help": "Seed for adapter init, data order and dropout."})
+
+    # ---- logging, checkpoints, evaluation
+    logging_steps: int = field(default=10, metadata={"help": "Log every N optimizer steps."})
+    save_steps: int = field(default=10, metadata={"help": "Save a checkpoint every N optimizer steps."})
+    save_total_limit: Optional[int] = field(default=1, metadata={"help": "Checkpoints to keep (oldest deleted)."})
+    eval_steps: Optional[int] = field(default=None, metadata={"help": "Evaluate on the held-out split every N steps."})
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"], metadata={
+        "help": "Loggers: tensorboard, wandb, trackio, or none."})
+    dataset_num_proc: Optional[int] = field(default=None, metadata={
+        "help": "Processes for data checking and RGB conversion; auto uses up to 8 CPU cores."})
+    dataloader_num_workers: int = field(default=0, metadata={"help": "Background processes that collate batches."})
+    allow_outside_paths: bool = field(default=False, metadata={
+        "help": "Allow image paths in a local dataset to point outside its folder."})
+
+    def __post_init__(self):
+        for name in ("learning_rate", "num_train_epochs", "per_device_train_batch_size", "per_device_eval_batch_size",
+                     "gradient_accumulation_steps", "lora_r", "logging_steps", "save_steps"):
+            if getattr(self, name) <= 0:
+                raise VlmprefError(f"--{name.replace('_', '-')} must be positive, not {getattr(self, name)}.")
+        if self.beta <= 0:
+            raise VlmprefError(f"--beta must be positive, not {self.beta}.")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise VlmprefError(f"--max-steps must be positive, or -1 to train for --num-train-epochs.")
+        if not 0 <= self.lora_dropout < 1:
+            raise VlmprefError(f"--lora-dropout must be in [0, 1), not {self.lora_dropout}.")
+        unknown = [t for t in self.loss_type if t not in LOSS_TYPES]
+        if unknown:
+            raise VlmprefError(f"Unknown --loss-type {unknown[0]}; choose from {', '.join(LOSS_TYPES)}.")
+        if self.loss_weights is not None and len(self.loss_weights) != len(self.loss_type):
+            raise VlmprefError(f"--loss-weights has {len(self.loss_weights)} values for {len(self.loss_type)} "
+                               "loss types; give one weight per --loss-type.")
+        if self.eval_split and not self.eval_dataset:
+            self.eval_dataset = self.dataset
+        if self.eval_dataset and not self.eval_split:
+            raise VlmprefError("--eval-dataset needs --eval-split (for example test or test[:1%]).")
+        if self.report_to == ["none"]:
+            self.report_to = []

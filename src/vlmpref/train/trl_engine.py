@@ -1,0 +1,63 @@
+"""The reference engine: TRL's DPOTrainer, configured exactly as the guide does.
+
+It is both a working engine (`vlmpref train --engine trl`) and the yardstick the fast engine is tested and
+benchmarked against.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from trl import DPOConfig, DPOTrainer
+
+from vlmpref.train.config import TrainConfig
+
+
+def dpo_config(cfg: TrainConfig, bf16: bool, has_eval: bool) -> DPOConfig:
+    """Map our flat TrainConfig onto TRL's DPOConfig (same names, plus the guide's fixed choices)."""
+    eval_every = cfg.eval_steps if has_eval else None
+    return DPOConfig(
+        output_dir=cfg.output_dir,
+        learning_rate=cfg.learning_rate,
+        num_train_epochs=cfg.num_train_epochs,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        per_device_eval_batch_size=cfg.per_device_eval_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        lr_scheduler_type=cfg.lr_scheduler_type,
+        warmup_steps=cfg.warmup_steps,
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        beta=cfg.beta,
+        loss_type=list(cfg.loss_type),
+        loss_weights=cfg.loss_weights,
+        max_length=cfg.max_length,
+        bf16=bf16,
+        activation_checkpointing=cfg.gradient_checkpointing,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        logging_steps=cfg.logging_steps,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        eval_strategy="steps" if eval_every else "no",
+        eval_steps=eval_every,
+        report_to=list(cfg.report_to),
+        dataset_num_proc=cfg.dataset_num_proc,
+        dataloader_num_workers=cfg.dataloader_num_workers,
+        use_cpu=not torch.cuda.is_available(),
+    )
+
+
+def train_trl(cfg: TrainConfig, model, processor, peft_config, train_dataset, eval_dataset=None,
+              bf16: bool = False, callbacks=None, resume_from_checkpoint=None):
+    """Run TRL's DPOTrainer; returns the trainer (its `.model` is the trained PeftModel)."""
+    args = dpo_config(cfg, bf16=bf16, has_eval=eval_dataset is not None)
+    with warnings.catch_warnings():
+        # TRL warns that its dataset is not tokenized up front; that is expected for vision data
+        warnings.simplefilter("ignore", UserWarning)
+        trainer = DPOTrainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                             processing_class=processor, peft_config=peft_config, callbacks=callbacks)
+    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    return trainer
