@@ -75,3 +75,28 @@ def test_unknown_hub_model_offline_is_a_clear_error():
 
 def test_processor_pads_left_for_generation(tiny_model_dir):
     assert load_processor(str(tiny_model_dir)).tokenizer.padding_side == "left"
+
+
+@pytest.mark.parametrize("name,millions", [("smolvlm-256m", 256.48), ("smolvlm-500m", 507.48),
+                                           ("smolvlm-2.2b", 2246.27)])
+def test_replicas_have_the_published_sizes(name, millions):
+    from vlmpref.models.replicas import replica_config
+
+    with torch.device("meta"):
+        model = AutoModelForImageTextToText.from_config(replica_config(name))
+    assert sum(p.numel() for p in model.parameters()) / 1e6 == pytest.approx(millions, abs=0.01)
+
+
+def test_replica_processor_makes_the_guides_image_tokens():
+    from PIL import Image
+
+    from vlmpref.models.replicas import replica_processor
+
+    processor = replica_processor("smolvlm-2.2b")
+    text = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"},
+                                                                      {"type": "text", "text": "Hi"}]}],
+                                         add_generation_prompt=True)
+    inputs = processor(text=[text], images=[[Image.new("RGB", (640, 480))]], return_tensors="pt")
+    # a 4:3 image: 3 x 4 tiles + 1 global tile, 81 tokens each (DESIGN)
+    assert inputs["pixel_values"].shape[1] == 13
+    assert int((inputs["input_ids"] == processor.image_token_id).sum()) == 13 * 81
