@@ -29,7 +29,7 @@ white-space:nowrap}tr.group td{background:#fafafa;font-weight:600;color:#444}
 img.plot{max-width:100%;border:1px solid #eee;margin:.5rem 0}
 .ex{display:flex;gap:1rem;border:1px solid #e5e5e5;border-radius:6px;padding:.8rem;margin:.8rem 0}
 .ex img{width:128px;height:128px;object-fit:contain;image-rendering:pixelated;border:1px solid #ddd;flex:none}
-.ex .q{font-weight:600;margin:0 0 .3rem}.ex .ref{color:#555;margin:0 0 .4rem}.ex table{width:100%}
+.ex .q{font-weight:600;margin:0 0 .3rem}.ex .ref{color:#555;margin:0 0 .4rem}.ex table{width:100%}.ex th{width:4.5rem}
 mark.h{background:#ffd7d7;color:#b00020;font-weight:600;padding:0 .15rem;border-radius:3px}
 .ok{color:#1a7f37}.no{color:#c62828}.tag{font-size:.8rem;color:#666}
 """

@@ -14,7 +14,7 @@ from vlmpref.report.compare import ComparisonRow  # noqa: E402
 
 # (title, training-log key, evaluation-log key)
 CURVES = [
-    ("DPO loss", "loss", "eval_loss"),
+    ("loss", "loss", "eval_loss"),
     ("reward margin (chosen - rejected)", "rewards/margins", "eval_rewards/margins"),
     ("reward accuracy", "rewards/accuracies", "eval_rewards/accuracies"),
 ]
@@ -57,7 +57,7 @@ def training_curves(run_dir: str | Path, out_path: str | Path) -> Path | None:
                 ax.plot(*zip(*points), marker="o", ms=3, label=name.replace("_", " "), color=color)
         ax.set_title("held-out preference accuracy", fontsize=10)
         ax.set_xlabel("step")
-        ax.set_ylim(0, 1)
+        ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()

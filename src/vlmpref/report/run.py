@@ -90,27 +90,42 @@ def _training_folder(cfg: CompareConfig, after_document: dict) -> Path | None:
     return None
 
 
-def run_compare(cfg: CompareConfig, console: Console | None = None) -> dict[str, Path]:
-    """Compare as `cfg` says, print the table and write the report; returns the written files."""
+def compare_folders(before_dir: str | Path, after_dir: str | Path, out_dir: str | Path,
+                    run_dir: str | Path | None = None, examples: int = 12,
+                    title: str = "vlmpref: before vs after tuning", console: Console | None = None):
+    """Read two evaluation folders, print the table and write the report into `out_dir`.
+
+    Returns (comparison rows, written files). `out_dir` must exist.
+    """
     from vlmpref.eval.evaluate import read_eval
     from vlmpref.report.compare import compare_runs, warnings
     from vlmpref.report.html import write_report
     from vlmpref.report.table import print_rows
-    from vlmpref.train.run import prepare_output_dir
 
     console = console or Console()
+    before, after = read_eval(before_dir), read_eval(after_dir)
+    rows = compare_runs(before, after)
+    print_rows(rows, title=title, console=console)
+    paths = write_report(before, after, rows, out_dir, run_dir=run_dir, examples=examples, title=title)
+    for note in warnings(before, after):
+        console.print(f"[yellow]note:[/] {note}")
+    console.print(f"Report written to {paths['html']} (and report.md, plots/ beside it)")
+    return rows, paths
+
+
+def run_compare(cfg: CompareConfig, console: Console | None = None) -> dict[str, Path]:
+    """Compare as `cfg` says, print the table and write the report; returns the written files."""
+    from vlmpref.eval.evaluate import read_eval
+    from vlmpref.train.run import prepare_output_dir
+
     if cfg.before is not None:
-        before, after = read_eval(cfg.before), read_eval(cfg.after)  # fail before touching the output folder
+        before_dir, after_dir = Path(cfg.before), Path(cfg.after)
+        read_eval(before_dir), read_eval(after_dir)  # fail on a wrong folder before touching the output folder
         out = prepare_output_dir(cfg.output_dir, cfg.overwrite)
     else:
         out = prepare_output_dir(cfg.output_dir, cfg.overwrite)
         before_dir, after_dir = _evaluate_both(cfg, out)
-        before, after = read_eval(before_dir), read_eval(after_dir)
-    rows = compare_runs(before, after)
-    print_rows(rows, title=cfg.title, console=console)
-    paths = write_report(before, after, rows, out, run_dir=_training_folder(cfg, after.document),
-                         examples=cfg.examples, title=cfg.title)
-    for note in warnings(before, after):
-        console.print(f"[yellow]note:[/] {note}")
-    console.print(f"Report written to {paths['html']} (and report.md, plots/ beside it)")
+    after_document = read_eval(after_dir).document
+    _, paths = compare_folders(before_dir, after_dir, out, run_dir=_training_folder(cfg, after_document),
+                               examples=cfg.examples, title=cfg.title, console=console)
     return paths

@@ -8,6 +8,8 @@ are within noise. Hallucination changes also show the relative change ("-50% rel
 
 from __future__ import annotations
 
+import sys
+
 from rich.console import Console
 from rich.table import Table
 
@@ -60,7 +62,8 @@ def print_rows(rows: list[ComparisonRow], title: str = "Held-out evaluation", co
                headline_only: bool = True):
     table = Table(title=title)
     for column in ("metric", "before", "after", "change"):
-        table.add_column(column, justify="left" if column == "metric" else "right", no_wrap=column != "metric")
+        table.add_column(column, justify="left" if column == "metric" else "right",
+                         min_width=20 if column == "metric" else None)
     group = None
     for row, cells in zip([r for r in rows if r.spec.headline or not headline_only],
                           table_cells(rows, headline_only)):
@@ -68,7 +71,8 @@ def print_rows(rows: list[ComparisonRow], title: str = "Held-out evaluation", co
             table.add_section()
         group = row.spec.group
         table.add_row(*cells)
-    console = console or Console()
+    # Piped output (logs, CI) gets a width that fits the table instead of rich's 80 columns
+    console = console or Console(width=None if sys.stdout.isatty() else 130)
     console.print(table)
     console.print(LEGEND, style="dim")
 
