@@ -32,7 +32,8 @@ metrics.json, schema_version 1:
         "relevance_similarity_reference": M, "relevance_similarity_question": M}}   # with embeddings
 
 Every M is `{"value": float | null, "n": int, "ci95": [low, high], "ci": "wilson" | "bootstrap"}`: the
-value, the number of examples it is computed over, and its 95% interval (see `vlmpref.eval.stats`).
+value, the number of examples it is computed over, and its 95% interval (see `vlmpref.eval.stats`);
+`chair_instance` counts mentions in `n` and answers in `examples`.
 A metric that cannot be computed (no annotated objects, no adapter) is left out, never reported as 0.
 Values are shares in [0, 1] except `reward_margin` and the similarities. Later schema versions only add
 keys; a change of meaning gets a new `schema_version`.
