@@ -93,3 +93,20 @@ def test_custom_vocabulary_file(tmp_path):
         load_vocabulary(str(tmp_path / "bad.json"))
     with pytest.raises(VlmprefError, match="neither a built-in"):
         load_vocabulary(str(tmp_path / "missing.json"))
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+_WORDS = st.sampled_from(["a", "dog", "dogs", "no", "not", "hot", "teddy", "bear", "orange", "cat", ",", ".",
+                          "but", "isn't", "bus", "stop", "people", "the", "dog's", "and", "There", "is"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_WORDS, max_size=14).map(" ".join))
+def test_mentions_are_known_objects_with_ordered_spans(text):
+    mentions = COCO.mentions(text)
+    assert all(m.name in COCO.objects for m in mentions)
+    ends = [0] + [m.end for m in mentions]
+    for previous_end, m in zip(ends, mentions):
+        assert previous_end <= m.start < m.end <= len(text)  # inside the text, in order, never overlapping
+    assert set(COCO.mentioned(text)) == {m.name for m in mentions if not m.negated}

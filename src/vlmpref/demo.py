@@ -139,19 +139,6 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> dict:
                               examples=cfg.report_examples, title="vlmpref demo: held-out shapes, before vs after",
                               console=console)
     console.print(_examples_table(before["samples"], after["samples"], cfg.examples))
-    if cfg.ablation:
-        from dataclasses import replace
-
-        from vlmpref.ablation import run_ablation
-
-        def evaluate_variant(trained, folder, name):
-            variant = evaluate(trained.model, processor, held_out.dataset, beta=cfg.beta, desc=name)
-            return write_eval(variant, folder, rows=held_out.dataset,
-                              info=_eval_info(cfg, base, trained.output_dir, held_out))
-
-        run_ablation(cfg.loss_type, lambda losses, folder: train(train_config(
-            replace(cfg, loss_type=losses, loss_weights=None), base, data_dir, folder)), evaluate_variant, out,
-            console)
     seconds = time.time() - started
     summary = {"seconds": round(seconds, 1), "train_seconds": result.summary["seconds"],
                "before": before["metrics"], "after": after["metrics"], "output_dir": str(out)}
@@ -159,4 +146,20 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> dict:
     (out / "demo_summary.md").write_text(f"# vlmpref demo\n\n{markdown_rows(rows, headline_only=True)}\n"
                                          f"\nTotal time {seconds:.0f} s. Report: report/report.html\n")
     console.print(f"Demo finished in {seconds:.0f} s; outputs in {out}")
+
+    # ---- ablation (optional, after the timed demo): the same budget with each objective
+    if cfg.ablation:
+        from dataclasses import replace
+
+        from vlmpref.ablation import run_ablation
+
+        def train_variant(losses, folder):
+            return train(train_config(replace(cfg, loss_type=losses, loss_weights=None), base, data_dir, folder))
+
+        def evaluate_variant(trained, folder, name):
+            variant = evaluate(trained.model, processor, held_out.dataset, beta=cfg.beta, desc=name)
+            return write_eval(variant, folder, rows=held_out.dataset,
+                              info=_eval_info(cfg, base, trained.output_dir, held_out))
+
+        run_ablation(cfg.loss_type, train_variant, evaluate_variant, out, console)
     return summary
