@@ -38,6 +38,36 @@ def image_features(model, pixel_inputs: dict) -> torch.Tensor:
     return features.reshape(-1, features.shape[-1])
 
 
+def _concat_pixels(parts: list[dict]) -> list[dict]:
+    """One vision call for all pairs when their image tensors stack (fewer, larger kernel launches):
+    Idefics3 gives [1, tiles, 3, H, W] per pair (joined on the tile axis), LLaVA [images, 3, H, W]."""
+    parts = [p for p in parts if p]
+    if len(parts) < 2 or any(set(p) != set(parts[0]) for p in parts):
+        return parts
+    values = [p["pixel_values"] for p in parts]
+    if any(v.shape[2:] != values[0].shape[2:] or v.dim() != values[0].dim() for v in values):
+        return parts
+    if values[0].dim() == 5 and all(v.shape[0] == 1 for v in values):
+        axis = 1
+    elif values[0].dim() == 4:
+        axis = 0
+    else:
+        return parts
+    joined = {}
+    for key in parts[0]:
+        tensors = [p[key] for p in parts]
+        if any(t.shape[:axis] != tensors[0].shape[:axis] or t.shape[axis + 1:] != tensors[0].shape[axis + 1:]
+               for t in tensors):
+            return parts
+        joined[key] = torch.cat(tensors, dim=axis)
+    return [joined]
+
+
+def batch_image_features(model, pixel_inputs: list[dict]) -> torch.Tensor:
+    """Image features of several pairs, in order, with as few vision-tower calls as their shapes allow."""
+    return torch.cat([image_features(model, p) for p in _concat_pixels(pixel_inputs)])
+
+
 @dataclass
 class PairLogps:
     chosen: torch.Tensor           # [P] summed log-probs of chosen answers
@@ -78,7 +108,7 @@ def packed_logps(model, batch: PackedBatch, features: torch.Tensor | None = None
     image_positions = batch.input_ids == image_token_id(model)
     if image_positions.any():
         if features is None:
-            features = torch.cat([image_features(model, p) for p in batch.pixel_inputs if p])
+            features = batch_image_features(model, batch.pixel_inputs)
         embeds = embeds.masked_scatter(image_positions.unsqueeze(-1), features.to(embeds.dtype))
     mask = block_mask(batch) if attention == "flex" else dense_mask(batch)
     hidden = model.get_decoder()(inputs_embeds=embeds, attention_mask=mask, position_ids=batch.position_ids,
