@@ -244,3 +244,14 @@ def image_tokens(shape: ModelShape, width: int, height: int, longest_edge: int |
     # per tile: <fake><row_i_col_j> + seq image tokens; "\n" after each row; then "\n<fake><global-img>" + seq + <fake>
     tokens = rows * (cols * (seq + 2) + 1) + seq + 3
     return ImageTokens(tiles=rows * cols + 1, rows=rows, cols=cols, tokens=tokens, width=width, height=height)
+
+
+def set_image_longest_edge(processor, pixels: int) -> None:
+    """Make an Idefics3 / SmolVLM processor resize images to `pixels` on their longest edge before tiling."""
+    image_processor = getattr(processor, "image_processor", None)
+    size = getattr(image_processor, "size", None)
+    if image_processor is None or not (isinstance(size, dict) and "longest_edge" in size or
+                                       getattr(size, "longest_edge", None)):
+        raise VlmprefError(f"--image-longest-edge applies to Idefics3 / SmolVLM processors, which resize by the "
+                           f"longest edge; {type(processor).__name__} does not, so leave it unset.")
+    image_processor.size = {"longest_edge": int(pixels)}
