@@ -181,7 +181,7 @@ def trainable_params(shape: ModelShape, settings: RunSettings) -> tuple[int, int
 
 def weight_bytes(shape: ModelShape, quantization: str) -> int:
     """Bytes of the base weights on the GPU: bf16, or bitsandbytes 8-bit / NF4 with double quantization."""
-    total = 2 * shape.non_linear_params
+    total = 2 * shape.non_linear_params + shape.buffer_bytes
     for lin in shape.linears:
         total += 2 * lin.out_features if lin.bias else 0
         n = lin.numel
@@ -192,8 +192,8 @@ def weight_bytes(shape: ModelShape, quantization: str) -> int:
         else:
             blocks = math.ceil(n / 64)
             # packed 4-bit pairs, one 8-bit absmax per 64 weights (double quantization), one fp32 absmax per 256
-            # blocks, the NF4 code (16 fp32), the fp32 offset
-            total += math.ceil(n / 2) + blocks + 4 * math.ceil(blocks / 256) + 16 * 4 + 4
+            # blocks, the NF4 code (16 fp32), the fp32 offset, the 8-bit code of the absmax (256 fp32)
+            total += math.ceil(n / 2) + blocks + 4 * math.ceil(blocks / 256) + 16 * 4 + 4 + 256 * 4
     return total
 
 

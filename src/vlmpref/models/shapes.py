@@ -63,6 +63,7 @@ class ModelShape:
     longest_edge: int  # the processor resizes the longest image edge to this before tiling
     image_splitting: bool = True
     language_prefix: str = ""
+    buffer_bytes: int = 0  # rotary tables and other buffers
     norm: str = field(default="layernorm")  # the vision tower's norm: layernorm runs in fp32 under CUDA autocast
 
     @property
@@ -180,6 +181,8 @@ def describe_model(model: str, trust_remote_code: bool = False) -> ModelShape:
             part = "vision"
         linears.append(Linear(module_name, module.in_features, module.out_features, module.bias is not None, part))
     params = sum(p.numel() for p in meta.parameters())
+    # buffers are created in the default dtype on meta; rotary tables stay fp32 when the model moves to bf16
+    buffer_bytes = sum(b.numel() * (4 if b.is_floating_point() else b.element_size()) for b in meta.buffers())
     text_cfg, vision_cfg = config.get_text_config(), config.vision_config
     tile = settings.get("tile", vision_cfg.image_size)
     patches = (vision_cfg.image_size // vision_cfg.patch_size) ** 2
@@ -192,7 +195,7 @@ def describe_model(model: str, trust_remote_code: bool = False) -> ModelShape:
     return ModelShape(name=name, architecture="llava" if model_type == "llava" else "idefics3", params=params,
                       linears=linears, text=_tower(text_cfg), vision=_tower(vision_cfg), vocab=text_cfg.vocab_size,
                       patches_per_tile=patches, image_seq_len=image_seq_len, tile=tile, longest_edge=longest_edge,
-                      image_splitting=splitting, language_prefix=prefix)
+                      image_splitting=splitting, language_prefix=prefix, buffer_bytes=buffer_bytes)
 
 
 # ---- image tokens
