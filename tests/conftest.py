@@ -37,3 +37,58 @@ def shapes_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "shapes"
     make_splits(8, 4, seed=0).save_to_disk(str(path))
     return path
+
+
+def _internal_rows(n_scenes: int = 3, seed: int = 7) -> list[dict]:
+    """Shapes-world rows in the internal form, built in memory (no datasets, no model)."""
+    from vlmpref.data.synthetic import generate_scenes, scene_rows
+    from vlmpref.generate import user_prompt
+
+    def said(text):
+        return [{"role": "assistant", "content": [{"type": "text", "text": text}]}]
+
+    rows = []
+    for scene in generate_scenes(n_scenes, seed=seed, heldout=True):
+        for row in scene_rows(scene):
+            rows.append({"images": [row["image"]], "prompt": user_prompt(row["question"]), "chosen": said(row["chosen"]),
+                         "rejected": said(row["rejected"]), "row_id": len(rows), "answer": row["answer"],
+                         "question_type": row["question_type"], "objects": row["objects"]})
+    return rows
+
+
+@pytest.fixture(scope="session")
+def shapes_rows():
+    return _internal_rows()
+
+
+@pytest.fixture(scope="session")
+def eval_pair(tmp_path_factory, shapes_rows):
+    """Evaluation folders from hand-made answers on 15 shapes rows (3 images), no model.
+
+    before: answers every row with its rejected (wrong) answer, says yes to every POPE probe, and prefers
+    rejected answers; after: answers with the chosen answer except row 0, answers every probe right,
+    prefers chosen answers (reference = adapter off, summed log-probs -5 for both answers).
+    """
+    from vlmpref.eval.evaluate import pope_probes, score_answers, write_eval
+    from vlmpref.eval.preference import PairScores
+    from vlmpref.eval.vocab import load_vocabulary
+    from vlmpref.generate import answer_text
+
+    rows, vocab = shapes_rows, load_vocabulary("shapes")
+    root = tmp_path_factory.mktemp("evals")
+    n = len(rows)
+    folders = []
+    for name in ("before", "after"):
+        good = name == "after"
+        answers = [answer_text(r["chosen" if good and i > 0 else "rejected"]) for i, r in enumerate(rows)]
+        probes = pope_probes(rows, vocab)
+        for p in probes:
+            p["answer"] = ("Yes." if p["label"] else "No.") if good else "Yes, there is."
+        scores = PairScores([-4.0 if good else -6.0] * n, [-6.0 if good else -4.0] * n, [4] * n, [4] * n)
+        reference = PairScores([-5.0] * n, [-5.0] * n, [4] * n, [4] * n) if good else None
+        result = score_answers(rows, answers, scores, reference, probes, vocab, relevance="lexical")
+        result["settings"] = {"relevance_method": result.pop("relevance_method"), "vocabulary": "shapes"}
+        info = {"model": {"base": "tiny-base", "adapter": "runs/dpo" if good else None, "quantization": "none"},
+                "dataset": {"source": "shapes", "split": "test", "rows": n, "set_aside": 0}}
+        folders.append(write_eval(result, root / name, rows=rows, info=info))
+    return tuple(folders)

@@ -106,3 +106,36 @@ def test_score_pairs_equals_full_logit_computation(tiny_model_dir, shapes_dir):
     assert scores.rejected_logps == pytest.approx(sums[3:].tolist(), rel=1e-5)
     assert scores.chosen_tokens == batch["completion_mask"][:3].sum(1).tolist()
     assert all(math.isfinite(x) and x < 0 for x in scores.chosen_logps)
+
+
+def test_accuracy_rule_order():
+    from vlmpref.eval.answers import accuracy_rule
+
+    shapes = [{"shape": "square", "color": "purple"}]
+    assert accuracy_rule("The circle is red.", key="red") == ("key", "red")
+    assert accuracy_rule("A purple square.", objects=shapes) == ("objects", None)   # not the 2-word phrase
+    assert accuracy_rule("Two dogs.", objects=["dog"]) == ("short_reference", "two dogs")
+    assert accuracy_rule("A man holds a red umbrella in the rain.") == ("token_f1", None)
+    # the object rule: an extra object makes a description wrong even if it starts right
+    assert not answer_correct("A purple square and a blue circle.", "A purple square.", objects=shapes)
+    assert answer_correct("There are 2 dogs.", "Two dogs.")
+
+
+def test_ratio_of_sums_and_paired_change():
+    m = stats.ratio_of_sums([1, 0, 1], [2, 1, 1])
+    assert m["value"] == pytest.approx(2 / 4) and m["n"] == 4 and m["examples"] == 3
+    assert 0 <= m["ci95"][0] <= 0.5 <= m["ci95"][1] <= 1
+    # the same shift on every example: the paired interval has no width, although the values vary a lot
+    before, after = [0.1, 0.5, 0.9, 0.3], [0.3, 0.7, 1.1, 0.5]
+    change = stats.paired_difference(before, after)
+    assert change["value"] == pytest.approx(0.2) and change["n"] == 4
+    assert change["ci95"] == pytest.approx([0.2, 0.2])
+    assert stats.mean(before)["ci95"][1] - stats.mean(before)["ci95"][0] > 0.3
+    # 9 of 10 improve: the interval excludes zero
+    assert stats.paired_difference([0] * 10, [1] * 9 + [0])["ci95"][0] > 0
+
+
+def test_metric_dicts_name_their_interval():
+    assert stats.proportion([True, False])["ci"] == "wilson"
+    assert stats.mean([1.0, 2.0])["ci"] == "bootstrap"
+    assert stats.proportion([])["value"] is None and stats.mean([])["value"] is None

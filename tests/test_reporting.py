@@ -24,7 +24,7 @@ def test_missing_logger_package_is_a_clear_error(monkeypatch):
 def test_progress_bar_is_on_even_with_quiet_transformers_logging():
     from transformers.utils import logging as hf_logging
 
-    from vlmpref.train.trl_engine import dpo_config
+    from vlmpref.train.engines import dpo_config
 
     hf_logging.set_verbosity_error()  # what the CLI does
     try:

@@ -3,6 +3,8 @@
     vlmpref demo
     vlmpref train --config configs/smolvlm-instruct/dpo-guide.yaml
     vlmpref generate --model runs/tiny --image photo.png --prompt "What is in the image?"
+    vlmpref eval --adapter runs/dpo --dataset runs/shapes --split test --output-dir runs/eval
+    vlmpref compare runs/eval_base runs/eval --run runs/dpo --output-dir runs/report
     vlmpref data check --dataset runs/demo/data --split test
     vlmpref data synthetic --output-dir runs/shapes
     vlmpref tiny-model --output-dir runs/tiny
@@ -39,11 +41,15 @@ def _cmd_demo(cfg):
 
 
 def _cmd_train(cfg):
+    from vlmpref.train.reporting import summary_line
     from vlmpref.train.run import train
 
-    from vlmpref.train.reporting import summary_line
+    callbacks = None
+    if cfg.eval_dataset and cfg.eval_steps:
+        from vlmpref.eval.during_training import HeldOutEvalCallback
 
-    result = train(cfg)
+        callbacks = [HeldOutEvalCallback()]  # held-out metrics to eval_log.jsonl and TensorBoard
+    result = train(cfg, callbacks=callbacks)
     final = {k: v for k, v in result.summary["final_log"].items() if k != "log_history"}
     if final:
         print(json.dumps(final))
@@ -58,6 +64,23 @@ def _cmd_generate(cfg):
         print(result[0])
     else:
         print(f"Answers written to {result}")
+
+
+def _cmd_eval(cfg):
+    from vlmpref.eval.run import run_eval
+    from vlmpref.report.table import print_metrics
+
+    out = run_eval(cfg)
+    document = json.loads((out / "metrics.json").read_text())
+    print_metrics(document["metrics"], title=f"Evaluation of {document['model']['base']}"
+                  + (f" + {document['model']['adapter']}" if document["model"]["adapter"] else ""))
+    print(f"metrics.json, samples.jsonl and pope.jsonl written to {out}")
+
+
+def _cmd_compare(cfg):
+    from vlmpref.report.run import run_compare
+
+    run_compare(cfg)
 
 
 def _cmd_data_check(cfg):
@@ -140,6 +163,11 @@ COMMANDS: dict[str, Command] = {
                      "DPO-train an adapter (the guide's recipe by default)."),
     "generate": Command(_cls("vlmpref.generate", "GenerateConfig"), _cmd_generate,
                         "Answer a question about an image, or every row of a dataset split."),
+    "eval": Command(_cls("vlmpref.eval.run", "EvalConfig"), _cmd_eval,
+                    "Evaluate a model (base, or base + adapter) on a split: accuracy, hallucination, relevance, "
+                    "preference."),
+    "compare": Command(_cls("vlmpref.report.run", "CompareConfig"), _cmd_compare,
+                       "Before/after table and report (HTML, Markdown, plots) from two evaluations."),
     "data check": Command(_cls("vlmpref.data.check", "DataCheckConfig"), _cmd_data_check,
                           "Load a dataset as train would and report rows, images, tokens and problem rows."),
     "data synthetic": Command(_cls("vlmpref.data.synthetic", "SyntheticConfig"), _cmd_synthetic,

@@ -70,9 +70,10 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         else:
             kwargs["type"] = tp
         if f.metadata.get("positional"):
+            # given by position (`vlmpref compare A B`) or by name (`--before A`), like every other option
             parser.add_argument(f.name, nargs="?", default=argparse.SUPPRESS, type=kwargs.get("type", str),
                                 help=kwargs["help"])
-            continue
+            kwargs["help"] = f"Same as the positional {f.name.upper()}."
         parser.add_argument(*names, **kwargs)
 
 

@@ -7,8 +7,10 @@
 2. model: a tiny SmolVLM-architecture base that was pre-trained on the shapes world (shipped in the
           package, built by scripts/build_demo_base.py), loaded in 4-bit;
 3. train: DPO + DoRA, with a likelihood term on chosen answers (`--loss-type sigmoid sft`);
-4. eval:  held-out preference accuracy and answer accuracy before and after, with 95% intervals,
-          and example answers side by side.
+4. eval:  held-out answer accuracy, hallucination (CHAIR, POPE), relevance and preference before and
+          after, with 95% intervals; the table, and report.html / report.md in OUTPUT_DIR/report.
+
+`--ablation` also trains SFT only, DPO only and DPO + SFT on the same budget and tabulates them.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from vlmpref.data.synthetic import make_splits
 from vlmpref.errors import VlmprefError
 from vlmpref.eval.evaluate import evaluate, write_eval
 from vlmpref.models import load_model, load_processor
-from vlmpref.report.table import markdown_comparison, print_comparison
+from vlmpref.report.run import compare_folders
+from vlmpref.report.table import markdown_rows
 from vlmpref.train.config import TrainConfig
 from vlmpref.train.run import prepare_output_dir, train
 
@@ -60,6 +63,9 @@ class DemoConfig:
     examples: int = field(default=6, metadata={"help": "Held-out examples shown side by side."})
     seed: int = field(default=0, metadata={"help": "Seed of the synthetic data and of training."})
     overwrite: bool = field(default=False, metadata={"help": "Replace a non-empty --output-dir."})
+    report_examples: int = field(default=24, metadata={"help": "Held-out examples in report.html, base vs tuned."})
+    ablation: bool = field(default=False, metadata={
+        "help": "Also train SFT only, DPO only and DPO + SFT on the same budget and tabulate them (3x the time)."})
 
 
 def train_config(cfg: DemoConfig, base: str, data_dir: Path, out: Path) -> TrainConfig:
@@ -83,6 +89,13 @@ def _examples_table(before: list[dict], after: list[dict], n: int) -> Table:
         mark = lambda s: f"{'[green]✓' if s['correct'] else '[red]✗'}[/] {s['generated']}"
         table.add_row(before[i]["question"], before[i]["chosen"], mark(before[i]), mark(after[i]))
     return table
+
+
+def _eval_info(cfg: DemoConfig, base: str, adapter, held_out) -> dict:
+    """What metrics.json records about the model and data of a demo evaluation."""
+    return {"model": {"base": base, "adapter": str(adapter) if adapter else None, "quantization": cfg.quantization},
+            "dataset": {"source": held_out.source, "split": held_out.split, "rows": len(held_out.dataset),
+                        "set_aside": len(held_out.set_aside)}}
 
 
 def run_demo(cfg: DemoConfig, console: Console | None = None) -> dict:
@@ -110,7 +123,7 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> dict:
     # the base is evaluated on its own copy and training loads a fresh one.
     base_model = load_model(base, quantization=cfg.quantization)
     before = evaluate(base_model, processor, held_out.dataset, beta=cfg.beta, desc="base")
-    write_eval(before, out / "eval_before")
+    write_eval(before, out / "eval_before", rows=held_out.dataset, info=_eval_info(cfg, base, None, held_out))
     del base_model
 
     # ---- train
@@ -120,15 +133,33 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> dict:
     # ---- after
     console.rule("4/4 tuned model, after")
     after = evaluate(result.model, processor, held_out.dataset, beta=cfg.beta, desc="tuned")
-    write_eval(after, out / "eval_after")
+    write_eval(after, out / "eval_after", rows=held_out.dataset, info=_eval_info(cfg, base, out / "adapter", held_out))
 
-    print_comparison(before["metrics"], after["metrics"], console=console)
+    rows, _ = compare_folders(out / "eval_before", out / "eval_after", out / "report", run_dir=out / "adapter",
+                              examples=cfg.report_examples, title="vlmpref demo: held-out shapes, before vs after",
+                              console=console)
     console.print(_examples_table(before["samples"], after["samples"], cfg.examples))
     seconds = time.time() - started
     summary = {"seconds": round(seconds, 1), "train_seconds": result.summary["seconds"],
                "before": before["metrics"], "after": after["metrics"], "output_dir": str(out)}
     (out / "demo_summary.json").write_text(json.dumps(summary, indent=2))
-    (out / "demo_summary.md").write_text(f"# vlmpref demo\n\n{markdown_comparison(before['metrics'], after['metrics'])}\n"
-                                         f"\nTotal time {seconds:.0f} s.\n")
+    (out / "demo_summary.md").write_text(f"# vlmpref demo\n\n{markdown_rows(rows, headline_only=True)}\n"
+                                         f"\nTotal time {seconds:.0f} s. Report: report/report.html\n")
     console.print(f"Demo finished in {seconds:.0f} s; outputs in {out}")
+
+    # ---- ablation (optional, after the timed demo): the same budget with each objective
+    if cfg.ablation:
+        from dataclasses import replace
+
+        from vlmpref.ablation import run_ablation
+
+        def train_variant(losses, folder):
+            return train(train_config(replace(cfg, loss_type=losses, loss_weights=None), base, data_dir, folder))
+
+        def evaluate_variant(trained, folder, name):
+            variant = evaluate(trained.model, processor, held_out.dataset, beta=cfg.beta, desc=name)
+            return write_eval(variant, folder, rows=held_out.dataset,
+                              info=_eval_info(cfg, base, trained.output_dir, held_out))
+
+        run_ablation(cfg.loss_type, train_variant, evaluate_variant, out, console)
     return summary

@@ -1,9 +1,16 @@
 """Is a generated answer right? Key-answer matching for short answers, object sets and token-F1 for long ones.
 
-Short answers (a color, a number, yes/no, a shape name) are right when the answer names the key and no
-rival of the same kind: "The circle is red." is right for `red`, "red or blue" is not. Yes/no answers are
-decided by their first yes or no. Long answers are scored by token-F1 against the reference answer, and,
-where the image's objects are known, by whether the objects named are exactly the objects present.
+Which rule decides (`accuracy_rule`, recorded per example in samples.jsonl):
+
+1. `key`: the row has a key answer (an `answer` column, as the shapes world has): right when the answer
+   names the key and no rival of the same kind. "The circle is red." is right for `red`, "red or blue" is
+   not; numbers match as digits or words; yes/no answers are decided by their first yes or no.
+2. `objects`: no key, and the row lists its objects with shape and color (shapes-world descriptions):
+   right when the answer names exactly those objects, each with its color.
+3. `short_reference`: otherwise, when the reference answer is at most two words once articles and
+   punctuation are dropped ("Two dogs."): that phrase is the key, matched as in 1.
+4. `token_f1`: otherwise (long free-form answers): right when the SQuAD-style token-F1 against the
+   reference is at least 0.5. The mean token-F1 over all answers is reported too.
 """
 
 from __future__ import annotations
@@ -85,11 +92,33 @@ def token_f1(generated: str, reference: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+ARTICLES = {"a", "an", "the"}
+
+
+def reference_key(reference: str) -> str | None:
+    """The reference itself as a key when it is a short answer (at most two words without articles)."""
+    tokens = [t for t in _WORD.findall((reference or "").lower()) if t not in ARTICLES]
+    return " ".join(tokens) if 0 < len(tokens) <= 2 else None
+
+
+def accuracy_rule(reference: str, key: str | None = None, objects: list | None = None) -> tuple[str, str | None]:
+    """(rule, key) that decides correctness for this row; see the module docstring."""
+    if key:
+        return "key", key
+    if objects and all(isinstance(o, dict) and "shape" in o and "color" in o for o in objects):
+        return "objects", None
+    short = reference_key(reference)
+    if short:
+        return "short_reference", short
+    return "token_f1", None
+
+
 def answer_correct(generated: str, reference: str, key: str | None = None,
                    objects: list[dict] | None = None) -> bool:
-    """The accuracy rule: key answer when there is one, else the object set when known, else token-F1 >= 0.5."""
-    if key:
-        return key_match(generated, key)
-    if objects:
+    """The accuracy rule of `accuracy_rule`: key match, object set, short reference, or token-F1 >= 0.5."""
+    rule, rule_key = accuracy_rule(reference, key, objects)
+    if rule in ("key", "short_reference"):
+        return key_match(generated, rule_key)
+    if rule == "objects":
         return objects_match(generated, objects)
     return token_f1(generated, reference) >= 0.5

@@ -61,9 +61,10 @@ CALIBRATION = {
     "bandwidth_efficiency": 0.8,
     # host time per micro-step: a base part plus a part per adapted module (kernel launches: the run is
     # launch-bound on fast GPUs), for DoRA and for LoRA
-    "step_overhead_s": {"trl": 0.3, "fast": 0.3},
+    # (fast: a guess until measured: no reference pass per step, DoRA norms once per optimizer step)
+    "step_overhead_s": {"trl": 0.3, "fast": 0.2},
     "module_overhead_s": {("trl", True): 5.06e-3, ("trl", False): 2.89e-3,
-                          ("fast", True): 5.06e-3, ("fast", False): 2.89e-3},
+                          ("fast", True): 2.9e-3, ("fast", False): 2.0e-3},
 }
 
 
@@ -85,13 +86,18 @@ class RunSettings:
     gradient_accumulation_steps: int = 1
     gradient_checkpointing: bool = True
     engine: Engine = "trl"
-    image_cache: Optional[bool] = None  # fast engine: None = on when adapters are on the language model only
+    image_cache: Literal["auto", "on", "off"] = "auto"  # fast engine: auto = on when the vision tower is frozen
+    pairs_per_forward: Optional[int] = None  # fast engine: pairs packed into one forward; None = batch_size
 
     @property
     def cached_images(self) -> bool:
         if self.engine != "fast":
             return False
-        return self.lora_scope == "language" if self.image_cache is None else self.image_cache
+        return self.lora_scope == "language" if self.image_cache == "auto" else self.image_cache == "on"
+
+    @property
+    def pairs_in_forward(self) -> int:
+        return (self.pairs_per_forward or self.batch_size) if self.engine == "fast" else self.batch_size
 
 
 @dataclass
@@ -225,7 +231,7 @@ def _per_token(key: str, hidden: int, intermediate: int, scale: float = 1.0) -> 
 
 def estimate_memory(shape: ModelShape, settings: RunSettings, image: ImageTokens) -> Memory:
     cal = CALIBRATION
-    b = settings.batch_size
+    b = settings.pairs_in_forward
     seq = sequence_tokens(shape, settings, image)
     trl = settings.engine == "trl"
     sequences = 2 * b if trl else b
@@ -268,7 +274,8 @@ def estimate_memory(shape: ModelShape, settings: RunSettings, image: ImageTokens
     if not settings.gradient_checkpointing:  # the layer's own saved activations are part of its working set
         work_text *= 0.5
         work_vision *= 0.5
-    dora = _dora_transient(shape, settings)
+    # the fast engine takes DoRA's weight norms once per optimizer step, before activations pile up
+    dora = _dora_transient(shape, settings) if trl else {"text": 0, "vision": 0}
     forward_text = text_tokens * _per_token("text_forward", t.hidden, t.intermediate)
     forward_vision = vision_tokens * _per_token("vision_forward", v.hidden, v.intermediate, fp32_scale)
 
@@ -346,14 +353,15 @@ def seconds_per_pair(shape: ModelShape, settings: RunSettings, image: ImageToken
     flops, act_bytes = flops_per_pair(shape, settings, image)
     compute = flops / (gpu.bf16_tflops * 1e12 * cal["matmul_efficiency"][settings.engine])
     traffic = act_bytes * cal["bytes_per_activation_byte"] / (gpu.bandwidth_gbs * 1e9 * cal["bandwidth_efficiency"])
-    gpu_seconds = (compute + traffic) * settings.batch_size
+    pairs = settings.pairs_in_forward
+    gpu_seconds = (compute + traffic) * pairs
     modules = len(adapted_linears(shape, settings))
     host_seconds = (cal["step_overhead_s"][settings.engine]
                     + modules * cal["module_overhead_s"][(settings.engine, settings.use_dora)])
     step = max(gpu_seconds, host_seconds)
     bound = "host overhead (kernel launches)" if host_seconds >= gpu_seconds else (
         "GPU compute" if compute >= traffic else "GPU memory bandwidth")
-    return step / settings.batch_size, bound, flops
+    return step / pairs, bound, flops
 
 
 # ---- the whole estimate
@@ -372,8 +380,8 @@ def estimate(model: str | ModelShape, settings: RunSettings, gpu: str | Gpu = "h
     if gpu.note:
         notes.append(f"{gpu.name}: {gpu.note}.")
     if settings.engine == "fast":
-        notes.append("fast engine: time factors are the trl engine's until calibrated (benchmarks/"
-                     "ESTIMATE_VS_MEASURED.md).")
+        notes.append("the fast engine's coefficients are not yet fitted to GPU measurements (only the trl "
+                     "engine's are; benchmarks/ESTIMATE_VS_MEASURED.md); add --engine trl for the calibrated case.")
     return Estimate(shape=shape, settings=settings, gpu=gpu, image=image,
                     sequence_tokens=sequence_tokens(shape, settings, image), trainable_params=lora + magnitude,
                     memory=memory, flops_per_pair=flops, seconds_per_pair=per_pair, bound=bound, notes=notes)
@@ -383,6 +391,8 @@ def _check(settings: RunSettings) -> None:
     for name in ("lora_r", "batch_size", "gradient_accumulation_steps", "image_width", "image_height", "answer_tokens"):
         if getattr(settings, name) <= 0:
             raise VlmprefError(f"--{name.replace('_', '-')} must be positive, not {getattr(settings, name)}.")
+    if settings.pairs_per_forward is not None and settings.pairs_per_forward <= 0:
+        raise VlmprefError(f"--pairs-per-forward must be positive, not {settings.pairs_per_forward}.")
     if settings.prompt_tokens < 0:
         raise VlmprefError(f"--prompt-tokens must be zero or more, not {settings.prompt_tokens}.")
 

@@ -1,59 +1,113 @@
-"""The before/after table the guide promises: metric | before | after | change, with 95% intervals."""
+"""The before/after table the guide promises: metric | before | after | change, with 95% intervals.
+
+    print_rows(compare_runs(read_eval("runs/eval_before"), read_eval("runs/eval_after")))
+
+A change is marked ✓ (better) or ✗ (worse) when its 95% paired interval excludes zero; unmarked changes
+are within noise. Hallucination changes also show the relative change ("-50% rel.").
+"""
 
 from __future__ import annotations
+
+import sys
 
 from rich.console import Console
 from rich.table import Table
 
-# (key in metrics.json, label, shown as a percentage)
-ROWS = [
-    ("answer_accuracy", "answer accuracy", True),
-    ("answer_token_f1", "answer token-F1", True),
-    ("length_normalized_accuracy", "prefers chosen (per-token log-prob)", True),
-    ("reward_accuracy", "DPO reward accuracy (vs base)", True),
-    ("reward_margin", "DPO reward margin (vs base)", False),
-]
+from vlmpref.report.compare import ComparisonRow
+
+LEGEND = ("✓ / ✗: better / worse beyond the 95% interval of the change (paired bootstrap over the same "
+          "examples); unmarked: within noise. Intervals in brackets are 95%.")
+MARKS = {"better": "✓", "worse": "✗"}
 
 
-def _fmt(metric: dict | None, percent: bool) -> str:
+def fmt_value(metric: dict | None, percent: bool, interval: bool = True) -> str:
     if not metric or metric.get("value") is None:
         return "-"
-    v, (lo, hi) = metric["value"], metric["ci95"]
+    v = metric["value"]
+    low, high = (metric.get("ci95") or [None, None])[:2]
     if percent:
-        return f"{100 * v:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
-    return f"{v:.3f} [{lo:.3f}, {hi:.3f}]"
+        text = f"{100 * v:.1f}%"
+        return f"{text} [{100 * low:.1f}, {100 * high:.1f}]" if interval and low is not None else text
+    text = f"{v:.3f}"
+    return f"{text} [{low:.3f}, {high:.3f}]" if interval and low is not None else text
 
 
-def _change(before: dict | None, after: dict | None, percent: bool) -> str:
-    if not before or not after or before.get("value") is None or after.get("value") is None:
+def fmt_change(row: ComparisonRow, interval: bool = True) -> str:
+    change = row.change
+    if not change or change.get("value") is None:
         return "-"
-    delta = after["value"] - before["value"]
-    return f"{100 * delta:+.1f} pts" if percent else f"{delta:+.3f}"
+    delta = change["value"]
+    low, high = (change.get("ci95") or [None, None])[:2]
+    if row.spec.percent:
+        text = f"{100 * delta:+.1f} pts"
+        if interval and low is not None:
+            text += f" [{100 * low:+.1f}, {100 * high:+.1f}]"
+    else:
+        text = f"{delta:+.3f}"
+        if interval and low is not None:
+            text += f" [{low:+.3f}, {high:+.3f}]"
+    before = (row.before or {}).get("value")
+    if row.spec.percent and row.spec.higher_is_better is False and before:
+        text += f" ({100 * delta / before:+.0f}% rel.)"
+    mark = MARKS.get(row.verdict)
+    return f"{text} {mark}" if mark else text
 
 
-def comparison_rows(before: dict, after: dict, rows=ROWS) -> list[tuple[str, str, str, str]]:
-    out = []
-    for key, label, percent in rows:
-        if key in before or key in after:
-            out.append((label, _fmt(before.get(key), percent), _fmt(after.get(key), percent),
-                        _change(before.get(key), after.get(key), percent)))
-    for qtype in sorted(set(before.get("answer_accuracy_by_type", {})) | set(after.get("answer_accuracy_by_type", {}))):
-        b = before.get("answer_accuracy_by_type", {}).get(qtype)
-        a = after.get("answer_accuracy_by_type", {}).get(qtype)
-        out.append((f"  accuracy: {qtype}", _fmt(b, True), _fmt(a, True), _change(b, a, True)))
-    return out
+def table_cells(rows: list[ComparisonRow], headline_only: bool = False) -> list[tuple[str, str, str, str]]:
+    return [(r.spec.label, fmt_value(r.before, r.spec.percent), fmt_value(r.after, r.spec.percent), fmt_change(r))
+            for r in rows if r.spec.headline or not headline_only]
+
+
+def print_rows(rows: list[ComparisonRow], title: str = "Held-out evaluation", console: Console | None = None,
+               headline_only: bool = True):
+    table = Table(title=title)
+    for column in ("metric", "before", "after", "change"):
+        table.add_column(column, justify="left" if column == "metric" else "right",
+                         min_width=20 if column == "metric" else None)
+    group = None
+    for row, cells in zip([r for r in rows if r.spec.headline or not headline_only],
+                          table_cells(rows, headline_only)):
+        if group is not None and row.spec.group != group:
+            table.add_section()
+        group = row.spec.group
+        table.add_row(*cells)
+    # Piped output (logs, CI) gets a width that fits the table instead of rich's 80 columns
+    console = console or Console(width=None if sys.stdout.isatty() else 130)
+    console.print(table)
+    console.print(LEGEND, style="dim")
+
+
+def markdown_rows(rows: list[ComparisonRow], headline_only: bool = False) -> str:
+    lines = ["| metric | before | after | change |", "|---|---|---|---|"]
+    lines += [f"| {' | '.join(c.strip() for c in cells)} |" for cells in table_cells(rows, headline_only)]
+    return "\n".join(lines)
+
+
+def _unpaired(before: dict, after: dict) -> list[ComparisonRow]:
+    from vlmpref.eval.evaluate import EvalRun
+    from vlmpref.report.compare import compare_runs
+
+    return compare_runs(EvalRun(None, {"metrics": before}), EvalRun(None, {"metrics": after}))
 
 
 def print_comparison(before: dict, after: dict, title: str = "Held-out evaluation", console: Console | None = None):
-    table = Table(title=title)
-    for column in ("metric", "before", "after", "change"):
-        table.add_column(column, justify="left" if column == "metric" else "right")
-    for row in comparison_rows(before, after):
-        table.add_row(*row)
-    (console or Console()).print(table)
+    """The table from two metrics dicts alone (no per-example records, so changes carry no interval)."""
+    print_rows(_unpaired(before, after), title=title, console=console)
 
 
 def markdown_comparison(before: dict, after: dict) -> str:
-    lines = ["| metric | before | after | change |", "|---|---|---|---|"]
-    lines += [f"| {' | '.join(r)} |" for r in comparison_rows(before, after)]
-    return "\n".join(lines)
+    return markdown_rows(_unpaired(before, after))
+
+
+def print_metrics(metrics: dict, title: str = "Evaluation", console: Console | None = None):
+    """One model's metrics: metric | value [95% interval] | n."""
+    from vlmpref.report.compare import lookup, metric_specs
+
+    table = Table(title=title)
+    for column in ("metric", "value [95% interval]", "n"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for spec in metric_specs(metrics, {}):
+        metric = lookup(metrics, spec.path)
+        if spec.headline or spec.path.startswith("answer_accuracy_by_type"):
+            table.add_row(spec.label, fmt_value(metric, spec.percent), str(metric.get("n", "")))
+    (console or Console()).print(table)

@@ -12,8 +12,11 @@ from typing import Literal, Optional
 from vlmpref.errors import VlmprefError
 from vlmpref.models.adapters import GUIDE_TARGET_MODULES, LoraScope
 from vlmpref.models.loading import Quantization
+from vlmpref.train.fast.losses import LOSS_TYPES as FAST_ENGINE_LOSSES
 
-LOSS_TYPES = ("sigmoid", "ipo", "hinge", "sft", "robust", "sigmoid_norm", "apo_zero", "apo_down")
+LOSS_TYPES = ("sigmoid", "ipo", "hinge", "sft", "robust", "sigmoid_norm", "apo_zero", "apo_down", "bco_pair",
+              "nca_pair", "sppo_hard", "discopop")
+FAST_LOSS_TYPES = FAST_ENGINE_LOSSES
 
 
 @dataclass
@@ -53,8 +56,18 @@ class TrainConfig:
     allow_pickle: bool = field(default=False, metadata={"help": "Allow pickle (.bin) weights, which can run code."})
 
     # ---- optimization (TRL DPOConfig names)
-    engine: Literal["trl"] = field(default="trl", metadata={
-        "help": "Training engine: trl runs TRL's DPOTrainer (the reference recipe)."})
+    engine: Literal["fast", "trl"] = field(default="fast", metadata={
+        "help": "fast: vlmpref's shared-prefix engine (same mathematics, less work per pair); trl: TRL's "
+                "DPOTrainer exactly as the guide runs it."})
+    pairs_per_forward: Optional[int] = field(default=None, metadata={
+        "help": "fast engine: pairs packed into one forward pass; gradient accumulation is regrouped so the "
+                "effective batch stays per_device_train_batch_size x gradient_accumulation_steps. "
+                "auto = per_device_train_batch_size."})
+    image_cache: Literal["auto", "on", "off"] = field(default="auto", metadata={
+        "help": "fast engine: encode each image once and reuse its features; auto = on when the vision tower "
+                "and connector are frozen (--lora-scope language)."})
+    cache_memory_gib: float = field(default=2.0, metadata={
+        "help": "fast engine: image features kept in memory before spilling to OUTPUT_DIR/image_features."})
     learning_rate: float = field(default=1e-6, metadata={"help": "Peak learning rate (TRL's DPO default)."})
     num_train_epochs: float = field(default=5.0, metadata={"help": "Passes over the training split."})
     max_steps: int = field(default=-1, metadata={"help": "Stop after this many optimizer steps; -1 uses the epochs."})
@@ -121,6 +134,14 @@ class TrainConfig:
             self.eval_dataset = self.dataset
         if self.eval_dataset and not self.eval_split:
             raise VlmprefError("--eval-dataset needs --eval-split (for example test or test[:1%]).")
+        if self.pairs_per_forward is not None:
+            total = self.per_device_train_batch_size * self.gradient_accumulation_steps
+            if self.pairs_per_forward <= 0 or total % self.pairs_per_forward:
+                raise VlmprefError(f"--pairs-per-forward must divide the effective batch {total} "
+                                   "(per-device batch x gradient accumulation).")
+        if self.engine == "fast" and not set(self.loss_type) <= FAST_LOSS_TYPES:
+            raise VlmprefError(f"The fast engine has no {sorted(set(self.loss_type) - FAST_LOSS_TYPES)[0]} loss; "
+                               "use --engine trl for it.")
         if self.report_to == ["none"]:
             self.report_to = []
         if self.image_longest_edge is not None and self.image_longest_edge <= 0:

@@ -27,6 +27,7 @@ from vlmpref.models.shapes import ModelShape, describe_model
 from vlmpref.presets import PRESETS, preset_values
 from vlmpref.train.config import TrainConfig
 
+_TRAIN_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 # cards shown when no --gpu is given: one per common memory size
 TABLE_GPUS = ("rtx-4050-laptop", "rtx-4060", "rtx-4070", "rtx-4080", "rtx-4090", "l4", "a100-80gb", "h100")
 
@@ -56,11 +57,13 @@ class EstimateConfig:
         "help": "Module names that get adapters."})
     lora_scope: Literal["all", "language"] = field(default="all", metadata={
         "help": "all: vision tower included (the guide); language: the language model only."})
-    engine: Literal["trl", "fast"] = field(default="trl", metadata={
-        "help": "Training engine: trl (TRL's DPOTrainer) or fast (shared-prefix packing)."})
-    image_cache: Optional[bool] = field(default=None, metadata={
-        "help": "fast engine: reuse cached image features (no vision tower in training); auto: on with "
+    engine: Literal["fast", "trl"] = field(default=_TRAIN_DEFAULTS["engine"], metadata={
+        "help": "Training engine, as in `vlmpref train`: fast (shared-prefix packing) or trl (TRL's DPOTrainer)."})
+    image_cache: Literal["auto", "on", "off"] = field(default="auto", metadata={
+        "help": "fast engine: reuse cached image features (no vision tower in training); auto = on with "
                 "--lora-scope language."})
+    pairs_per_forward: Optional[int] = field(default=None, metadata={
+        "help": "fast engine: pairs packed into one forward pass; auto = --per-device-train-batch-size."})
     per_device_train_batch_size: int = field(default=1, metadata={"help": "Preference pairs per forward pass."})
     gradient_accumulation_steps: int = field(default=32, metadata={"help": "Forward passes per optimizer step."})
     gradient_checkpointing: bool = field(default=True, metadata={"help": "Recompute activations to save memory."})
@@ -94,7 +97,7 @@ def run_settings(cfg) -> RunSettings:
         prompt_tokens=getattr(cfg, "prompt_tokens", 20), answer_tokens=getattr(cfg, "answer_tokens", 120),
         batch_size=cfg.per_device_train_batch_size, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         gradient_checkpointing=cfg.gradient_checkpointing, engine=getattr(cfg, "engine", "trl"),
-        image_cache=getattr(cfg, "image_cache", None))
+        image_cache=getattr(cfg, "image_cache", "auto"), pairs_per_forward=getattr(cfg, "pairs_per_forward", None))
 
 
 def preset_settings(name: str, base: RunSettings) -> RunSettings:
@@ -188,7 +191,8 @@ def _settings_lines(est: Estimate, cfg: EstimateConfig) -> list[str]:
         f"image {s.image_width}x{s.image_height} -> {est.image.tiles} tile(s), {est.image.tokens:,} tokens; "
         f"sequence {est.sequence_tokens:,} tokens, {per_pair}{cache}",
         f"{s.quantization} base, {adapter} r={s.lora_r} on {where}: {est.trainable_params / 1e6:.2f}M trainable; "
-        f"batch {s.batch_size} x {s.gradient_accumulation_steps} accumulation, gradient checkpointing "
+        f"batch {s.batch_size} x {s.gradient_accumulation_steps} accumulation"
+        f"{f', {s.pairs_in_forward} pair(s) per forward' if s.engine == 'fast' else ''}, gradient checkpointing "
         f"{'on' if s.gradient_checkpointing else 'off'}, engine {s.engine}",
     ]
 

@@ -25,6 +25,7 @@ from vlmpref.models.loading import default_device, supports_bf16
 from vlmpref.models.shapes import set_image_longest_edge
 from vlmpref.presets import describe as describe_preset
 from vlmpref.train.config import TrainConfig
+from vlmpref.train.engines import make_trainer
 
 CONFIG_NAME = "vlmpref_config.yaml"
 
@@ -102,10 +103,9 @@ def train(cfg: TrainConfig, callbacks=None) -> TrainResult:
         torch.cuda.reset_peak_memory_stats()
 
     # ---- train
-    from vlmpref.train.trl_engine import train_trl
-
-    trainer = train_trl(cfg, model, processor, peft_config, data.dataset,
-                        eval_data.dataset if eval_data else None, bf16=bf16, callbacks=callbacks)
+    trainer = make_trainer(cfg, model, processor, peft_config, data.dataset,
+                           eval_data.dataset if eval_data else None, bf16=bf16, callbacks=callbacks)
+    trainer.train()
     trained = trainer.model
 
     # ---- save

@@ -1,7 +1,9 @@
-"""The reference engine: TRL's DPOTrainer, configured exactly as the guide does.
+"""The two engines behind `vlmpref train`, configured from one TrainConfig.
 
-It is both a working engine (`vlmpref train --engine trl`) and the yardstick the fast engine is tested and
-benchmarked against.
+- `fast` (default): vlmpref's FastDPOTrainer — shared-prefix packing, reference log-probs once, image
+  features cached when the vision tower is frozen. Same mathematics as TRL.
+- `trl`: TRL's DPOTrainer exactly as the guide uses it; the reference the fast engine is tested and
+  benchmarked against.
 """
 
 from __future__ import annotations
@@ -52,14 +54,19 @@ def dpo_config(cfg: TrainConfig, bf16: bool, has_eval: bool) -> DPOConfig:
     )
 
 
-def train_trl(cfg: TrainConfig, model, processor, peft_config, train_dataset, eval_dataset=None,
-              bf16: bool = False, callbacks=None, resume_from_checkpoint=None):
-    """Run TRL's DPOTrainer; returns the trainer (its `.model` is the trained PeftModel)."""
+def make_trainer(cfg: TrainConfig, model, processor, peft_config, train_dataset, eval_dataset=None,
+                 bf16: bool = False, callbacks=None):
+    """The engine's trainer, ready to `.train()`; its `.model` becomes the trained PeftModel."""
     args = dpo_config(cfg, bf16=bf16, has_eval=eval_dataset is not None)
+    common = dict(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                  processing_class=processor, peft_config=peft_config, callbacks=callbacks)
     with warnings.catch_warnings():
         # TRL warns that its dataset is not tokenized up front; that is expected for vision data
         warnings.simplefilter("ignore", UserWarning)
-        trainer = DPOTrainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-                             processing_class=processor, peft_config=peft_config, callbacks=callbacks)
-    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
-    return trainer
+        if cfg.engine == "trl":
+            return DPOTrainer(**common)
+        from vlmpref.train.fast import FastDPOTrainer
+
+        return FastDPOTrainer(**common, pairs_per_forward=cfg.pairs_per_forward,
+                              image_cache={"auto": "auto", "on": True, "off": False}[cfg.image_cache],
+                              cache_memory_gib=cfg.cache_memory_gib)

