@@ -88,6 +88,7 @@ class RunSettings:
     engine: Engine = "trl"
     image_cache: Literal["auto", "on", "off"] = "auto"  # fast engine: auto = on when the vision tower is frozen
     pairs_per_forward: Optional[int] = None  # fast engine: pairs packed into one forward; None = batch_size
+    epochs: float = 5.0  # spreads the fast engine's once-per-run work (reference log-probs, image cache)
 
     @property
     def cached_images(self) -> bool:
@@ -256,7 +257,7 @@ def estimate_memory(shape: ModelShape, settings: RunSettings, image: ImageTokens
     inputs = pixels * (3 * 4 + 3 * 2 + 8)
     if settings.cached_images:
         inputs += b * image.tiles * shape.image_seq_len * t.hidden * 2
-    completions = (2 if trl else 2) * b * settings.answer_tokens
+    completions = 2 * b * settings.answer_tokens  # chosen and rejected answers are scored
     inputs += completions * min(shape.vocab, 4096 * 8) * 4 * 2
 
     # ---- activations
@@ -318,34 +319,35 @@ def flops_per_pair(shape: ModelShape, settings: RunSettings, image: ImageTokens)
     trl = settings.engine == "trl"
     sequences = 2 if trl else 1
     text_tokens = sequences * seq
-    images = 0 if settings.cached_images else sequences
-    vision_tokens = images * image.tiles * shape.patches_per_tile
-    adapted = {lin.name for lin in adapted_linears(shape, settings)}
-    # the DoRA layers of PEFT run the base matmul a second time on the dropped-out input
-    dora_extra = {"text": 0, "vision": 0, "connector": 0}
-    for lin in shape.linears:
-        if lin.name in adapted and settings.use_dora:
-            dora_extra["vision" if lin.part == "vision" else "text"] += lin.numel
-    text_params = shape.part_params("text") + shape.part_params("connector") * image.tiles * shape.image_seq_len / max(seq, 1)
     t, v = shape.text, shape.vision
-    attn_text = 4 * t.layers * seq * t.heads * (t.hidden // t.heads) / 2  # causal: half the square
+    per_image = image.tiles * shape.patches_per_tile  # vision-tower tokens of one image
+    # PEFT's DoRA runs the base matmul a second time, on the dropped-out input
+    dora_params = {"text": 0, "vision": 0}
+    for lin in adapted_linears(shape, settings) if settings.use_dora else []:
+        dora_params["vision" if lin.part == "vision" else "text"] += lin.numel
+    attn_text = 4 * t.layers * seq * t.hidden / 2  # QK^T and AV over a causal half of the sequence
     attn_vision = 4 * v.layers * shape.patches_per_tile * v.hidden
-    fwd_text = text_tokens * (2 * text_params + attn_text)
-    fwd_vision = vision_tokens * (2 * shape.part_params("vision") + attn_vision)
-    head = (2 if trl else 2) * settings.answer_tokens * 2 * shape.vocab * t.hidden
-    extra_text = text_tokens * 2 * dora_extra["text"]
-    extra_vision = vision_tokens * 2 * dora_extra["vision"]
-    vision_backward = settings.lora_scope == "all" or settings.gradient_checkpointing
-    recompute = 1 if settings.gradient_checkpointing else 0
-    # policy: forward, recompute, backward to the inputs (frozen weights need no weight gradient)
-    policy = (2 + recompute) * (fwd_text + head + extra_text) + (
-        (2 + recompute) * (fwd_vision + extra_vision) if vision_backward else fwd_vision + extra_vision)
-    reference = fwd_text + fwd_vision + head if trl else 0  # fast: precomputed once, counted per pair below
-    if not trl:
-        reference = (fwd_text + head + fwd_vision) / 5  # once per run, spread over a typical 5 epochs
+    text = text_tokens * (2 * shape.part_params("text") + attn_text)
+    vision_one = per_image * (2 * shape.part_params("vision") + attn_vision)
+    vision_one += image.tiles * shape.image_seq_len * 2 * shape.part_params("connector")
+    head = 2 * settings.answer_tokens * 2 * shape.vocab * t.hidden  # log-probs at chosen and rejected tokens
+    dora_text = text_tokens * 2 * dora_params["text"]
+    dora_vision = per_image * 2 * dora_params["vision"]
+    passes = 3 if settings.gradient_checkpointing else 2  # forward (+ recompute) + backward to the inputs
+    vision_in_backward = settings.lora_scope == "all" or settings.gradient_checkpointing
+    policy = passes * (text + head + dora_text)
+    if settings.cached_images:  # encoded once for the whole run
+        vision = vision_one / settings.epochs
+    else:
+        vision = sequences * ((passes if vision_in_backward else 1) * vision_one + passes * dora_vision)
+    if trl:  # the reference forward, every step
+        reference = text + head + sequences * vision_one
+    else:  # reference log-probs once for the whole run
+        reference = (text + head + (0 if settings.cached_images else vision_one)) / settings.epochs
     act_bytes = (t.layers * text_tokens * _per_token("text_saved", t.hidden, t.intermediate)
-                 + v.layers * vision_tokens * _per_token("vision_saved", v.hidden, v.intermediate))
-    return policy + reference, act_bytes
+                 + v.layers * (0 if settings.cached_images else sequences * per_image)
+                 * _per_token("vision_saved", v.hidden, v.intermediate))
+    return policy + vision + reference, act_bytes
 
 
 def seconds_per_pair(shape: ModelShape, settings: RunSettings, image: ImageTokens, gpu: Gpu) -> tuple[float, str, float]:

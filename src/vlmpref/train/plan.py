@@ -97,7 +97,8 @@ def run_settings(cfg) -> RunSettings:
         prompt_tokens=getattr(cfg, "prompt_tokens", 20), answer_tokens=getattr(cfg, "answer_tokens", 120),
         batch_size=cfg.per_device_train_batch_size, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         gradient_checkpointing=cfg.gradient_checkpointing, engine=getattr(cfg, "engine", "trl"),
-        image_cache=getattr(cfg, "image_cache", "auto"), pairs_per_forward=getattr(cfg, "pairs_per_forward", None))
+        image_cache=getattr(cfg, "image_cache", "auto"), pairs_per_forward=getattr(cfg, "pairs_per_forward", None),
+        epochs=cfg.num_train_epochs)
 
 
 def preset_settings(name: str, base: RunSettings) -> RunSettings:
