@@ -336,7 +336,7 @@ def main() -> None:
     parser.add_argument("--only", type=int, nargs="+", help="Run only these settings of the part (0-based).")
     parser.add_argument("--engine", default="trl", choices=["trl", "fast"], help="Training engine to measure.")
     parser.add_argument("--steps", type=int, default=4, help="Training steps per setting; the first is not timed.")
-    parser.add_argument("--budget", type=float, default=500.0, help="Seconds for the whole part; later settings "
+    parser.add_argument("--budget", type=float, default=480.0, help="Seconds for the whole part; later settings "
                         "are skipped when less than --min-seconds remain.")
     parser.add_argument("--min-seconds", type=float, default=45.0, help="Time one setting needs at least.")
     parser.add_argument("--timeout", type=float, default=240.0, help="Seconds one setting may take.")

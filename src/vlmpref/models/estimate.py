@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 from vlmpref.errors import VlmprefError
@@ -40,7 +40,7 @@ CALIBRATION = {
     # as (per hidden unit, per intermediate unit)
     "text_backward_dora": (40.0, 16.0),
     "text_backward_lora": (24.0, 12.0),
-    "vision_backward_dora": (34.0, 12.0),  # fp32 residual stream (see _vision_stream_bytes)
+    "vision_backward_dora": (34.0, 12.0),  # fp32 residual stream (see stream_bytes)
     "vision_backward_lora": (22.0, 12.0),
     # one layer's forward without gradients (reference pass, frozen vision tower), bytes per token
     "text_forward": (6.0, 6.0),
@@ -219,10 +219,18 @@ def sequence_tokens(shape: ModelShape, settings: RunSettings, image: ImageTokens
     return prefix + settings.answer_tokens
 
 
-def _vision_stream_bytes(shape: ModelShape, settings: RunSettings) -> int:
-    """Under CUDA autocast LayerNorm returns fp32 and bitsandbytes layers cast their output back to their input's
-    dtype, so a quantized SigLIP tower carries an fp32 residual stream; plain bf16 layers keep it in bf16."""
-    return 4 if settings.quantization != "none" and shape.norm == "layernorm" else 2
+def stream_bytes(shape: ModelShape, settings: RunSettings) -> tuple[int, int]:
+    """Bytes per value of the (language model, vision tower) residual streams.
+
+    trl runs under CUDA autocast: LayerNorm returns fp32 there and bitsandbytes layers cast their output back to
+    their input's dtype, so a quantized SigLIP tower carries an fp32 stream; plain bf16 layers keep bf16, and
+    the language model's RMSNorm casts back to bf16. The fast engine calls the decoder outside autocast: there
+    the fp32 DoRA magnitude (or the fp32 adapter over a bf16 base) promotes the language model's stream to fp32.
+    """
+    if settings.engine == "fast":
+        text_fp32 = settings.use_dora or settings.quantization == "none"
+        return (4 if text_fp32 else 2), 2
+    return 2, (4 if settings.quantization != "none" and shape.norm == "layernorm" else 2)
 
 
 def _per_token(key: str, hidden: int, intermediate: int, scale: float = 1.0) -> float:
@@ -246,8 +254,9 @@ def estimate_memory(shape: ModelShape, settings: RunSettings, image: ImageTokens
     vision_grad = vision_tokens > 0 and (vision_adapted or settings.gradient_checkpointing)
     kind = "dora" if settings.use_dora else "lora"
     t, v = shape.text, shape.vision
-    stream = _vision_stream_bytes(shape, settings)
+    text_stream, stream = stream_bytes(shape, settings)
     fp32_scale = 1.0 if stream == 4 else 0.7  # a bf16 stream halves the fp32 tensors of the working set
+    text_scale = 1.0 if text_stream == 2 else 1.5  # an fp32 stream doubles the intermediates that follow it
 
     weights = weight_bytes(shape, settings.quantization)
     adapter = adapter_bytes(shape, settings)
@@ -262,13 +271,13 @@ def estimate_memory(shape: ModelShape, settings: RunSettings, image: ImageTokens
 
     # ---- activations
     if settings.gradient_checkpointing:
-        saved_text = t.layers * text_tokens * t.hidden * 2
+        saved_text = t.layers * text_tokens * t.hidden * text_stream
         saved_vision = v.layers * vision_tokens * v.hidden * stream if vision_grad else 0
     else:
-        saved_text = t.layers * text_tokens * _per_token("text_saved", t.hidden, t.intermediate)
+        saved_text = t.layers * text_tokens * _per_token("text_saved", t.hidden, t.intermediate, text_scale)
         saved_vision = (v.layers * vision_tokens * _per_token("vision_saved", v.hidden, v.intermediate, fp32_scale)
                         if vision_grad else 0)
-    work_text = text_tokens * _per_token(f"text_backward_{kind}", t.hidden, t.intermediate)
+    work_text = text_tokens * _per_token(f"text_backward_{kind}", t.hidden, t.intermediate, text_scale)
     vision_kind = kind if vision_adapted else "lora"
     work_vision = (vision_tokens * _per_token(f"vision_backward_{vision_kind}", v.hidden, v.intermediate, fp32_scale)
                    if vision_grad else 0)
@@ -277,7 +286,7 @@ def estimate_memory(shape: ModelShape, settings: RunSettings, image: ImageTokens
         work_vision *= 0.5
     # the fast engine takes DoRA's weight norms once per optimizer step, before activations pile up
     dora = _dora_transient(shape, settings) if trl else {"text": 0, "vision": 0}
-    forward_text = text_tokens * _per_token("text_forward", t.hidden, t.intermediate)
+    forward_text = text_tokens * _per_token("text_forward", t.hidden, t.intermediate, text_scale)
     forward_vision = vision_tokens * _per_token("vision_forward", v.hidden, v.intermediate, fp32_scale)
 
     phases = {
@@ -303,10 +312,11 @@ def _dora_transient(shape: ModelShape, settings: RunSettings) -> dict[str, int]:
     out = {"text": 0, "vision": 0}
     if not settings.use_dora:
         return out
-    copies = 5 if settings.quantization != "none" else 3
+    # over a bf16 base PEFT keeps the adapter in fp32, so the identity is built in fp32 and cast to bf16 too
+    eye_bytes, copies = (2, 5) if settings.quantization != "none" else (6, 3)
     for lin in adapted_linears(shape, settings):
         part = "vision" if lin.part == "vision" else "text"
-        out[part] = max(out[part], 2 * lin.in_features**2 + copies * 2 * lin.numel)
+        out[part] = max(out[part], eye_bytes * lin.in_features**2 + copies * 2 * lin.numel)
     return out
 
 
@@ -406,6 +416,3 @@ def parse_image_size(text: str) -> tuple[int, int]:
         raise VlmprefError(f"Image size '{text}' is not WIDTHxHEIGHT; give it like 640x480.")
     return int(match.group(1)), int(match.group(2))
 
-
-def with_settings(settings: RunSettings, **changes) -> RunSettings:
-    return replace(settings, **changes)

@@ -251,10 +251,9 @@ def image_tokens(shape: ModelShape, width: int, height: int, longest_edge: int |
 
 def set_image_longest_edge(processor, pixels: int) -> None:
     """Make an Idefics3 / SmolVLM processor resize images to `pixels` on their longest edge before tiling."""
-    image_processor = getattr(processor, "image_processor", None)
-    size = getattr(image_processor, "size", None)
-    if image_processor is None or not (isinstance(size, dict) and "longest_edge" in size or
-                                       getattr(size, "longest_edge", None)):
+    size = getattr(getattr(processor, "image_processor", None), "size", None)
+    longest = size.get("longest_edge") if isinstance(size, dict) else getattr(size, "longest_edge", None)
+    if longest is None:
         raise VlmprefError(f"--image-longest-edge applies to Idefics3 / SmolVLM processors, which resize by the "
                            f"longest edge; {type(processor).__name__} does not, so leave it unset.")
-    image_processor.size = {"longest_edge": int(pixels)}
+    processor.image_processor.size = {"longest_edge": int(pixels)}
