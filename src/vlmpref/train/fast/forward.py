@@ -46,7 +46,8 @@ class PairLogps:
 
 
 def _logps_chunk(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    logits = torch.nn.functional.linear(hidden, weight).float()
+    logits = torch.nn.functional.linear(hidden, weight)
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 logits lose the small log-probs
     return logits.log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
 
@@ -82,7 +83,8 @@ def packed_logps(model, batch: PackedBatch, features: torch.Tensor | None = None
     mask = block_mask(batch) if attention == "flex" else dense_mask(batch)
     hidden = model.get_decoder()(inputs_embeds=embeds, attention_mask=mask, position_ids=batch.position_ids,
                                  use_cache=False).last_hidden_state
-    token_logps = answer_token_logps(hidden[0, batch.logit_index], model.get_output_embeddings(), batch.target_ids)
+    hidden = hidden.reshape(-1, hidden.shape[-1])[batch.logit_index]
+    token_logps = answer_token_logps(hidden, model.get_output_embeddings(), batch.target_ids)
     n = batch.num_pairs
     zeros = token_logps.new_zeros(n)
     chosen = zeros.index_add(0, batch.target_pair[batch.target_is_chosen], token_logps[batch.target_is_chosen])

@@ -63,13 +63,17 @@ def tokenize_pair(row: dict, processor, pair_id: int = -1, image_key: str | None
 
 @dataclass
 class PackedBatch:
-    """Several pairs in one row, with what the forward pass and the loss need."""
+    """Several pairs, as one padding-free row (`packed`) or one padded row per pair (`rows`).
 
-    input_ids: torch.Tensor            # [1, L]
-    position_ids: torch.Tensor         # [1, L]
-    segment: torch.Tensor              # [L] pair index of each token
-    role: torch.Tensor                 # [L] PROMPT / CHOSEN / REJECTED
-    logit_index: torch.Tensor          # [T] positions whose hidden state predicts an answer token
+    Token-level tensors are [R, L]; `segment` is the pair index of each token (-1 for padding) and `role`
+    says prompt / chosen / rejected. `logit_index` addresses the flattened [R * L] tokens.
+    """
+
+    input_ids: torch.Tensor            # [R, L]
+    position_ids: torch.Tensor         # [R, L]
+    segment: torch.Tensor              # [R, L] pair index, -1 on padding
+    role: torch.Tensor                 # [R, L] PROMPT / CHOSEN / REJECTED (PROMPT on padding)
+    logit_index: torch.Tensor          # [T] flat positions whose hidden state predicts an answer token
     target_ids: torch.Tensor           # [T] the answer token each of them predicts
     target_pair: torch.Tensor          # [T] pair index of each target
     target_is_chosen: torch.Tensor     # [T] True for chosen targets, False for rejected
@@ -85,6 +89,10 @@ class PackedBatch:
     def num_pairs(self) -> int:
         return len(self.pair_ids)
 
+    @property
+    def num_tokens(self) -> int:
+        return int((self.segment >= 0).sum())
+
     def to(self, device) -> "PackedBatch":
         for name in ("input_ids", "position_ids", "segment", "role", "logit_index", "target_ids", "target_pair",
                      "target_is_chosen", "chosen_lengths", "rejected_lengths", "ref_chosen_logps",
@@ -96,59 +104,84 @@ class PackedBatch:
         return self
 
 
-def pack(pairs: list[PairTokens]) -> PackedBatch:
-    """Concatenate pairs as [prompt | chosen | rejected] blocks and index every answer-token prediction."""
-    ids, pos, seg, role = [], [], [], []
+def _pair_layout(pair: PairTokens, p_index: int, offset: int):
+    """Tokens, positions, roles and answer predictions of one [prompt | chosen | rejected] block at `offset`."""
+    n_prompt, n_chosen, n_rejected = len(pair.prompt_ids), len(pair.chosen_ids), len(pair.rejected_ids)
+    ids = pair.prompt_ids + pair.chosen_ids + pair.rejected_ids
+    positions = list(range(n_prompt + n_chosen)) + list(range(n_prompt, n_prompt + n_rejected))
+    roles = [PROMPT] * n_prompt + [CHOSEN] * n_chosen + [REJECTED] * n_rejected
+    last_prompt = offset + n_prompt - 1
+    chosen_start = offset + n_prompt
+    rejected_start = chosen_start + n_chosen
+    predictors, targets, is_chosen = [], [], []
+    # The first answer token of both answers is predicted by the last prompt token
+    for start, answer, chosen in ((chosen_start, pair.chosen_ids, True), (rejected_start, pair.rejected_ids, False)):
+        predictors += [last_prompt] + list(range(start, start + len(answer) - 1))
+        targets += answer
+        is_chosen += [chosen] * len(answer)
+    return ids, positions, roles, predictors, targets, is_chosen
+
+
+def pack(pairs: list[PairTokens], layout: str = "rows", pad_id: int = 0) -> PackedBatch:
+    """Lay pairs out as [prompt | chosen | rejected] blocks: all in one row (`packed`, for block-sparse
+    attention) or one right-padded row per pair (`rows`, for dense masks, whose cost grows with row length^2)."""
+    rows: list[dict] = []
     logit_index, targets, target_pair, target_is_chosen = [], [], [], []
     for p_index, pair in enumerate(pairs):
-        start = len(ids)
-        n_prompt, n_chosen, n_rejected = len(pair.prompt_ids), len(pair.chosen_ids), len(pair.rejected_ids)
-        ids += pair.prompt_ids + pair.chosen_ids + pair.rejected_ids
-        pos += list(range(n_prompt + n_chosen)) + list(range(n_prompt, n_prompt + n_rejected))
-        seg += [p_index] * (n_prompt + n_chosen + n_rejected)
-        role += [PROMPT] * n_prompt + [CHOSEN] * n_chosen + [REJECTED] * n_rejected
-        last_prompt = start + n_prompt - 1
-        chosen_start = start + n_prompt
-        rejected_start = chosen_start + n_chosen
-        # The first answer token of both answers is predicted by the last prompt token
-        for answer_start, answer, is_chosen in ((chosen_start, pair.chosen_ids, True),
-                                                 (rejected_start, pair.rejected_ids, False)):
-            predictors = [last_prompt] + list(range(answer_start, answer_start + len(answer) - 1))
-            logit_index += predictors
-            targets += answer
-            target_pair += [p_index] * len(answer)
-            target_is_chosen += [is_chosen] * len(answer)
+        if layout == "rows" or not rows:
+            rows.append({"ids": [], "pos": [], "seg": [], "role": []})
+        row = rows[-1]
+        offset = len(row["ids"])
+        ids, positions, roles, predictors, answer, is_chosen = _pair_layout(pair, p_index, offset)
+        row["ids"] += ids
+        row["pos"] += positions
+        row["seg"] += [p_index] * len(ids)
+        row["role"] += roles
+        row_start = len(rows) - 1  # flat index = row * L + column, with L known once all rows are built
+        logit_index += [(row_start, c) for c in predictors]
+        targets += answer
+        target_pair += [p_index] * len(answer)
+        target_is_chosen += is_chosen
+    length = max(len(r["ids"]) for r in rows)
+
+    def padded(key, fill):
+        return torch.tensor([r[key] + [fill] * (length - len(r[key])) for r in rows])
+
     return PackedBatch(
-        input_ids=torch.tensor([ids]), position_ids=torch.tensor([pos]), segment=torch.tensor(seg),
-        role=torch.tensor(role), logit_index=torch.tensor(logit_index), target_ids=torch.tensor(targets),
-        target_pair=torch.tensor(target_pair), target_is_chosen=torch.tensor(target_is_chosen),
+        input_ids=padded("ids", pad_id), position_ids=padded("pos", 0), segment=padded("seg", -1),
+        role=padded("role", PROMPT), logit_index=torch.tensor([r * length + c for r, c in logit_index]),
+        target_ids=torch.tensor(targets), target_pair=torch.tensor(target_pair),
+        target_is_chosen=torch.tensor(target_is_chosen),
         chosen_lengths=torch.tensor([len(p.chosen_ids) for p in pairs]),
         rejected_lengths=torch.tensor([len(p.rejected_ids) for p in pairs]),
         pixel_inputs=[p.pixel_inputs for p in pairs], pair_ids=[p.pair_id for p in pairs],
         image_keys=[p.image_key for p in pairs])
 
 
-def allowed(segment: torch.Tensor, role: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """May query token q attend to key token k? Same pair, causal, and rejected never sees chosen."""
-    return (segment[q] == segment[k]) & (k <= q) & ~((role[q] == REJECTED) & (role[k] == CHOSEN))
+def allowed(seg_q, role_q, seg_k, role_k, q, k):
+    """May query token q attend to key token k? Same pair, causal, rejected never sees chosen.
+    Padding (segment -1) attends only to itself, so no softmax row is empty."""
+    same_pair = (seg_q == seg_k) & (seg_q >= 0) & (k <= q) & ~((role_q == REJECTED) & (role_k == CHOSEN))
+    return same_pair | ((seg_q < 0) & (q == k))
 
 
 def dense_mask(batch: PackedBatch) -> torch.Tensor:
-    """The shared-prefix mask as a [1, 1, L, L] boolean tensor (True = attend), for sdpa and eager."""
-    n = batch.segment.shape[0]
-    q = torch.arange(n, device=batch.segment.device).unsqueeze(1)
-    k = torch.arange(n, device=batch.segment.device).unsqueeze(0)
-    return allowed(batch.segment, batch.role, q, k)[None, None]
+    """The shared-prefix mask as a [R, 1, L, L] boolean tensor (True = attend), for sdpa and eager."""
+    length = batch.segment.shape[1]
+    idx = torch.arange(length, device=batch.segment.device)
+    seg, role = batch.segment, batch.role
+    mask = allowed(seg[:, :, None], role[:, :, None], seg[:, None, :], role[:, None, :], idx[:, None], idx[None, :])
+    return mask[:, None]
 
 
 def block_mask(batch: PackedBatch):
     """The same mask as a FlexAttention BlockMask: only the non-empty 128x128 blocks are computed."""
     from torch.nn.attention.flex_attention import create_block_mask
 
-    segment, role = batch.segment, batch.role
+    seg, role = batch.segment, batch.role
 
     def mask_mod(b, h, q_idx, kv_idx):
-        return allowed(segment, role, q_idx, kv_idx)
+        return allowed(seg[b, q_idx], role[b, q_idx], seg[b, kv_idx], role[b, kv_idx], q_idx, kv_idx)
 
-    n = segment.shape[0]
-    return create_block_mask(mask_mod, B=None, H=None, Q_LEN=n, KV_LEN=n, device=segment.device)
+    rows, length = seg.shape
+    return create_block_mask(mask_mod, B=rows, H=None, Q_LEN=length, KV_LEN=length, device=seg.device)

@@ -47,8 +47,11 @@ PAIR_ID = "__vlmpref_pair_id__"
 class PackCollator:
     """Rows -> one PackedBatch, with reference log-probs attached when known."""
 
-    def __init__(self, processor, reference: ReferenceLogps | None = None, cached_keys: set | None = None):
+    def __init__(self, processor, reference: ReferenceLogps | None = None, cached_keys: set | None = None,
+                 layout: str = "rows"):
         self.processor = processor
+        self.layout = layout
+        self.pad_id = processor.tokenizer.pad_token_id or 0
         self.reference = reference
         self.cached_keys = cached_keys if cached_keys is not None else set()
         self._tokens: dict[int, PairTokens] = {}  # pairs whose image features are cached need no processor
@@ -66,7 +69,7 @@ class PackCollator:
             if cached:
                 self._tokens[pair_id] = pair
             pairs.append(pair)
-        batch = pack(pairs)
+        batch = pack(pairs, layout=self.layout, pad_id=self.pad_id)
         if self.reference is not None and len(self.reference):
             batch.ref_chosen_logps, batch.ref_rejected_logps = self.reference.lookup(batch.pair_ids)
         return {"packed": batch}
@@ -129,6 +132,7 @@ class FastDPOTrainer(DPOTrainer):
         if attention == "auto":
             attention = "flex" if unwrapped.config.get_text_config()._attn_implementation == "flex_attention" else "dense"
         self.attention = attention
+        self.layout = "packed" if attention == "flex" else "rows"  # dense masks cost L^2: keep rows short
         self.vision_frozen = vision_is_frozen(unwrapped)
         use_cache = self.vision_frozen if image_cache == "auto" else bool(image_cache)
         if use_cache and not self.vision_frozen:
@@ -140,7 +144,8 @@ class FastDPOTrainer(DPOTrainer):
         # Keys whose features are cached: the collator then skips image preprocessing for them
         self._cached_keys: set[str] = set()
         self.reference = self._reference_logps(fingerprint)
-        self.data_collator = PackCollator(self.processing_class, self.reference, cached_keys=self._cached_keys)
+        self.data_collator = PackCollator(self.processing_class, self.reference, cached_keys=self._cached_keys,
+                                          layout=self.layout)
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
 
     # ---- data
@@ -169,7 +174,7 @@ class FastDPOTrainer(DPOTrainer):
             return stored
         reference = ReferenceLogps(fingerprint)
         model = self.ref_model or self.model
-        collator = PackCollator(self.processing_class)
+        collator = PackCollator(self.processing_class, layout=self.layout)
         batch_size = max(1, self.args.precompute_ref_batch_size or self.args.per_device_train_batch_size)
         was_training = model.training
         model.eval()
@@ -251,7 +256,7 @@ class FastDPOTrainer(DPOTrainer):
         m["logps/chosen"].append(gather(x.chosen_logps.detach()).mean().item())
         m["logps/rejected"].append(gather(x.rejected_logps.detach()).mean().item())
         if mode == "train":
-            self._total_train_tokens += int(batch.input_ids.numel())
+            self._total_train_tokens += batch.num_tokens
         m["num_tokens"] = [self._total_train_tokens]
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):

@@ -1,0 +1,297 @@
+"""The fast engine computes what TRL computes: same log-probs, losses, gradients; caches change nothing."""
+
+import copy
+
+import pytest
+import torch
+from trl import DPOConfig, DPOTrainer
+from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
+
+from vlmpref.data import load_preference_data
+from vlmpref.data.normalize import trl_example
+from vlmpref.models import load_model, load_processor, lora_config
+from vlmpref.train.fast import FastDPOTrainer, dora
+from vlmpref.train.fast.caches import ImageFeatureCache, ReferenceLogps
+from vlmpref.train.fast.forward import packed_logps
+from vlmpref.train.fast.losses import LossInputs, combined_loss
+from vlmpref.train.fast.packing import CHOSEN, PROMPT, REJECTED, dense_mask, pack, tokenize_pair
+
+
+@pytest.fixture(scope="module")
+def rows(shapes_dir):
+    return list(load_preference_data(str(shapes_dir), "test[:6]", num_proc=1).dataset)
+
+
+def _duplicated_logps(model, processor, rows):
+    """TRL's layout: [prompt | chosen] and [prompt | rejected] as separate sequences, full logits."""
+    batch = DataCollatorForVisionPreference(processor=processor)([trl_example(r) for r in rows])
+    inputs = {k: v for k, v in batch.items() if k != "completion_mask"}
+    inputs["pixel_values"] = inputs["pixel_values"].to(model.get_input_embeddings().weight.dtype)
+    logits = model(**inputs).logits
+    logps = torch.log_softmax(logits[:, :-1], -1).gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1)
+    mask = batch["completion_mask"][:, 1:]
+    sums = (logps * mask).sum(1)
+    n = len(rows)
+    return sums[:n], sums[n:], mask[:n].sum(1), mask[n:].sum(1), logps[:n][mask[:n].bool()]
+
+
+def test_mask_rejected_sees_prompt_not_chosen_and_positions_restart(tiny_model_dir, rows):
+    processor = load_processor(str(tiny_model_dir))
+    pair = tokenize_pair(rows[0], processor)
+    batch = pack([pair], layout="packed")
+    mask = dense_mask(batch)[0, 0]
+    role = batch.role[0]
+    p, c = len(pair.prompt_ids), len(pair.chosen_ids)
+    first_rejected = p + c
+    assert role[p - 1] == PROMPT and role[p] == CHOSEN and role[first_rejected] == REJECTED
+    assert mask[first_rejected, :p].all()                      # sees the whole prompt
+    assert not mask[first_rejected, p:first_rejected].any()    # sees no chosen token
+    assert mask[first_rejected, first_rejected]
+    assert batch.position_ids[0, first_rejected] == p          # restarts where the prompt ends
+    assert batch.position_ids[0, p] == p
+
+
+def test_pairs_never_see_each_other(tiny_model_dir, rows):
+    processor = load_processor(str(tiny_model_dir))
+    batch = pack([tokenize_pair(r, processor) for r in rows[:3]], layout="packed")
+    mask = dense_mask(batch)[0, 0]
+    seg = batch.segment[0]
+    assert not (mask & (seg[:, None] != seg[None, :])).any()
+
+
+@pytest.mark.parametrize("layout", ["rows", "packed"])
+@pytest.mark.parametrize("fixture", ["tiny_model_dir", "tiny_llava_dir"])
+def test_shared_prefix_logps_equal_duplicated_in_float64(request, fixture, layout, rows):
+    path = str(request.getfixturevalue(fixture))
+    model, processor = load_model(path, dtype=torch.float64), load_processor(path)
+    with torch.no_grad():
+        chosen, rejected, *_ = _duplicated_logps(model, processor, rows)
+        out = packed_logps(model, pack([tokenize_pair(r, processor) for r in rows], layout=layout))
+    torch.testing.assert_close(out.chosen, chosen, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(out.rejected, rejected, rtol=1e-10, atol=1e-10)
+
+
+def _peft_pair(path, scope="all", dtype=torch.float64, seed=0):
+    from peft import get_peft_model
+
+    torch.manual_seed(seed)
+    model = load_model(path, dtype=dtype)
+    peft_model = get_peft_model(model, lora_config(model, scope=scope, dropout=0.0))
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # a trained-looking adapter, so policy != reference
+        for p in peft_model.parameters():
+            if p.requires_grad:
+                p.add_((torch.randn(p.shape, generator=generator) * 0.05).to(p.dtype))
+    return peft_model
+
+
+@pytest.mark.parametrize("losses", [["sigmoid"], ["ipo"], ["hinge"], ["sigmoid", "sft"], ["robust"],
+                                    ["sigmoid_norm"], ["apo_zero"], ["apo_down"]])
+def test_loss_and_gradients_equal_duplicated_in_float64(tiny_model_dir, rows, losses):
+    path = str(tiny_model_dir)
+    processor = load_processor(path)
+    results = []
+    for packed in (False, True):
+        model = _peft_pair(path)
+        with torch.no_grad(), model.disable_adapter():
+            ref_c, ref_r, *_ = _duplicated_logps(model, processor, rows)
+        if packed:
+            dora.enable_norm_cache(model)
+            out = packed_logps(model, pack([tokenize_pair(r, processor) for r in rows]))
+            batch = pack([tokenize_pair(r, processor) for r in rows])
+            c, r, token = out.chosen, out.rejected, out.token_logps[batch.target_is_chosen]
+            nc, nr = batch.chosen_lengths, batch.rejected_lengths
+        else:
+            c, r, nc, nr, token = _duplicated_logps(model, processor, rows)
+        x = LossInputs(c, r, ref_c, ref_r, nc, nr, token)
+        loss = combined_loss(losses, None, x, beta=0.3)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        results.append((loss.detach(), grads))
+    (loss_dup, grads_dup), (loss_packed, grads_packed) = results
+    torch.testing.assert_close(loss_packed, loss_dup, rtol=1e-10, atol=1e-12)
+    assert grads_dup.keys() == grads_packed.keys() and len(grads_dup) > 50
+    for name in grads_dup:  # norm-wise relative error per parameter tensor
+        error = (grads_packed[name] - grads_dup[name]).norm() / grads_dup[name].norm().clamp(min=1e-30)
+        assert error < 1e-6, f"{name}: relative gradient error {error:.2e}"
+
+
+def _trl_config(tmp_path, name, losses, **kw):
+    return DPOConfig(output_dir=str(tmp_path / name), per_device_train_batch_size=6, bf16=False, use_cpu=True,
+                     report_to=[], loss_type=losses, beta=0.3, activation_checkpointing=False, **kw)
+
+
+@pytest.mark.parametrize("losses", [["sigmoid"], ["ipo"], ["hinge"], ["sigmoid", "sft"]])
+def test_equals_trl_dpotrainer_on_the_same_batch(tiny_model_dir, rows, tmp_path, losses):
+    """Same weights, same batch: TRL's DPOTrainer.compute_loss and ours agree (float32)."""
+    path = str(tiny_model_dir)
+    processor = load_processor(path)
+    from datasets import Dataset
+
+    dataset = Dataset.from_list([dict(r) for r in rows]).select_columns(["images", "prompt", "chosen", "rejected"])
+    model_trl, model_fast = load_model(path), load_model(path)
+    peft_config = lora_config(model_trl, use_dora=True)
+    trl_trainer = DPOTrainer(model=model_trl, args=_trl_config(tmp_path, "trl", losses), train_dataset=dataset,
+                             processing_class=processor, peft_config=peft_config)
+    fast = FastDPOTrainer(model=model_fast, args=_trl_config(tmp_path, "fast", losses), train_dataset=dataset,
+                          processing_class=load_processor(path), peft_config=copy.deepcopy(peft_config))
+    generator = torch.Generator().manual_seed(1)
+    fast_params = dict(fast.model.named_parameters())
+    with torch.no_grad():
+        for name, p in trl_trainer.model.named_parameters():
+            if p.requires_grad:
+                noise = torch.randn(p.shape, generator=generator) * 0.05
+                p.add_(noise)
+                fast_params[name].add_(noise)
+    trl_batch = trl_trainer.data_collator([dict(r) for r in dataset])
+    fast_batch = fast.data_collator([dict(r) for r in fast.train_dataset])
+    trl_trainer.model.train()
+    fast.model.train()
+    loss_trl = trl_trainer.compute_loss(trl_trainer.model, trl_batch)
+    loss_fast = fast.compute_loss(fast.model, fast_batch)
+    assert loss_fast.item() == pytest.approx(loss_trl.item(), rel=1e-5)
+    loss_trl.backward()
+    loss_fast.backward()
+    # float32 sums in a different order: compare gradients norm-wise over all adapter parameters
+    diff = sum(((p.grad - fast_params[n].grad) ** 2).sum() for n, p in trl_trainer.model.named_parameters()
+               if p.requires_grad)
+    norm = sum((p.grad ** 2).sum() for p in trl_trainer.model.parameters() if p.requires_grad)
+    assert (diff / norm).sqrt().item() < 5e-5
+    for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen"):
+        assert fast._metrics["train"][key][0] == pytest.approx(trl_trainer._metrics["train"][key][0],
+                                                               rel=1e-4, abs=1e-6), key
+
+
+def test_dora_norm_cache_gives_peft_outputs_and_refreshes_after_a_step(tiny_model_dir, rows):
+    path = str(tiny_model_dir)
+    processor = load_processor(path)
+    batch = pack([tokenize_pair(r, processor) for r in rows[:3]])
+    model = _peft_pair(path)
+    with torch.no_grad():
+        expected = packed_logps(model, batch).chosen
+    layers = dora.enable_norm_cache(model)
+    assert layers
+    with torch.no_grad():
+        cached = packed_logps(model, batch).chosen
+        torch.testing.assert_close(cached, expected, rtol=1e-10, atol=1e-12)
+        for layer in layers:  # an update of the magnitude and of lora_B ...
+            layer.weight.mul_(1.1)
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.01)
+        dora.invalidate(layers)  # ... what the optimizer-step hook does
+        after = packed_logps(model, batch).chosen
+        dora.disable_norm_cache(layers)
+        peft_after = packed_logps(model, batch).chosen
+    torch.testing.assert_close(after, peft_after, rtol=1e-10, atol=1e-12)
+    assert not torch.allclose(after, expected)
+
+
+def _short_run(path, dataset, out, image_cache, **kw):
+    from transformers import set_seed
+
+    set_seed(0)
+    model = load_model(path)
+    config = DPOConfig(output_dir=str(out), per_device_train_batch_size=4, gradient_accumulation_steps=1,
+                       max_steps=3, learning_rate=1e-2, bf16=False, use_cpu=True, report_to=[], save_strategy="no",
+                       activation_checkpointing=False, seed=0, loss_type=["sigmoid", "sft"])
+    trainer = FastDPOTrainer(model=model, args=config, train_dataset=dataset, processing_class=load_processor(path),
+                             peft_config=lora_config(model, scope="language"), image_cache=image_cache, **kw)
+    trainer.train()
+    return trainer, {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+
+
+def test_image_and_reference_caches_do_not_change_training(tiny_model_dir, shapes_dir, tmp_path):
+    dataset = load_preference_data(str(shapes_dir), "train[:8]", num_proc=1).dataset
+    cached, with_cache = _short_run(str(tiny_model_dir), dataset, tmp_path / "a", image_cache=True)
+    uncached, without = _short_run(str(tiny_model_dir), dataset, tmp_path / "b", image_cache=False)
+    assert cached.image_cache is not None and cached.image_cache.hits > 0
+    assert uncached.image_cache is None
+    for name in with_cache:
+        torch.testing.assert_close(with_cache[name], without[name], rtol=1e-5, atol=1e-6, msg=name)
+    assert (tmp_path / "a" / "reference_logps.json").is_file()
+
+
+def test_pairs_per_forward_regroups_without_changing_the_update(tiny_model_dir, shapes_dir, tmp_path):
+    """4 pairs x 1 accumulation and 2 pairs x 2 accumulations give the same optimizer steps (sigmoid loss)."""
+    from transformers import set_seed
+
+    dataset = load_preference_data(str(shapes_dir), "train[:8]", num_proc=1).dataset
+    path = str(tiny_model_dir)
+    weights = []
+    for ppf in (None, 2):
+        set_seed(0)
+        model = load_model(path)
+        # plain SGD: an update proportional to the gradient, so a wrongly scaled accumulation would show
+        config = DPOConfig(output_dir=str(tmp_path / f"p{ppf}"), per_device_train_batch_size=4,
+                           gradient_accumulation_steps=1, max_steps=2, learning_rate=0.5, optim="sgd", bf16=False,
+                           use_cpu=True, report_to=[], save_strategy="no", activation_checkpointing=False, seed=0)
+        trainer = FastDPOTrainer(model=model, args=config, train_dataset=dataset, processing_class=load_processor(path),
+                                 peft_config=lora_config(model, scope="language"), pairs_per_forward=ppf)
+        trainer.train()
+        weights.append({n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad})
+        if ppf:
+            assert trainer.args.per_device_train_batch_size == 2 and trainer.args.gradient_accumulation_steps == 2
+    for name in weights[0]:
+        torch.testing.assert_close(weights[1][name], weights[0][name], rtol=1e-5, atol=1e-7,
+                                   msg=lambda m: f"{name}: {m}")
+
+
+def test_reference_logps_are_saved_and_reused(tiny_model_dir, shapes_dir, tmp_path, monkeypatch):
+    dataset = load_preference_data(str(shapes_dir), "train[:4]", num_proc=1).dataset
+    first, _ = _short_run(str(tiny_model_dir), dataset, tmp_path / "r", image_cache=False)
+    calls = []
+    import vlmpref.train.fast.trainer as trainer_module
+
+    original = trainer_module.packed_logps
+    monkeypatch.setattr(trainer_module, "packed_logps", lambda *a, **k: calls.append(1) or original(*a, **k))
+    model = load_model(str(tiny_model_dir))
+    again = FastDPOTrainer(model=model, args=DPOConfig(output_dir=str(tmp_path / "r"), bf16=False, use_cpu=True,
+                                                       report_to=[], per_device_train_batch_size=4),
+                           train_dataset=dataset, processing_class=load_processor(str(tiny_model_dir)),
+                           peft_config=lora_config(model, scope="language"))
+    assert not calls, "reference log-probs were recomputed instead of read from the run folder"
+    assert again.reference.chosen == first.reference.chosen
+
+
+def test_image_feature_cache_spills_to_disk_and_reads_back(tmp_path):
+    cache = ImageFeatureCache(tmp_path, "model-x", max_memory_bytes=3000)
+    tensors = {f"k{i}": torch.randn(10, 30) for i in range(4)}  # 1200 bytes each
+    for key, value in tensors.items():
+        cache.put(key, value)
+    assert cache.memory_bytes <= 3000 and cache.spilled >= 2
+    for key, value in tensors.items():
+        assert key in cache
+        torch.testing.assert_close(cache.get(key), value)
+    assert cache.get("missing") is None
+    # a different model namespace never sees these features
+    assert "k0" not in ImageFeatureCache(tmp_path, "model-y", max_memory_bytes=3000)
+
+
+def test_reference_file_with_another_fingerprint_is_ignored(tmp_path):
+    ref = ReferenceLogps("a")
+    ref.add([0, 1], torch.tensor([-1.0, -2.0]), torch.tensor([-3.0, -4.0]))
+    ref.save(tmp_path / "ref.json")
+    assert ReferenceLogps.load(tmp_path / "ref.json", "a").lookup([1])[0].item() == -2.0
+    assert ReferenceLogps.load(tmp_path / "ref.json", "b") is None
+
+
+def test_train_with_the_fast_engine_in_4bit_changes_only_adapters(tiny_model_dir, shapes_dir, tmp_path):
+    from vlmpref.train import TrainConfig, train
+
+    result = train(TrainConfig(model=str(tiny_model_dir), dataset=str(shapes_dir), split="train[:8]",
+                               output_dir=str(tmp_path / "o"), max_steps=2, per_device_train_batch_size=4,
+                               gradient_accumulation_steps=1, learning_rate=1e-2, report_to=["none"],
+                               dataset_num_proc=1, quantization="4bit", lora_scope="language", engine="fast",
+                               save_steps=2))
+    assert result.summary["engine"] == "fast"
+    trainable = [p for p in result.model.parameters() if p.requires_grad]
+    assert trainable and all(p.abs().sum() > 0 for p in trainable)
+    assert (tmp_path / "o" / "adapter_model.safetensors").is_file()
+    assert (tmp_path / "o" / "reference_logps.json").is_file()
+    fresh = {n: p.detach().float() for n, p in load_model(str(tiny_model_dir), quantization="4bit",
+                                                          dtype=torch.bfloat16).named_parameters()}
+    for name, param in result.model.named_parameters():
+        if not param.requires_grad:
+            key = name.replace("base_model.model.", "", 1).replace(".base_layer", "")
+            assert torch.equal(fresh[key], param.detach().float()), f"frozen {name} changed"
