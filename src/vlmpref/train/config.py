@@ -107,7 +107,8 @@ class TrainConfig:
     # ---- memory presets and image resolution
     preset: Optional[str] = field(default=None, metadata={
         "help": "Memory preset (6gb, 8gb, 12gb, 24gb, 80gb, or a preset YAML file) choosing quantization, adapter "
-                "targets, image resolution, batch and checkpointing; --config and flags override it."})
+                "targets, image resolution, batch and checkpointing; --config and flags override it. From Python, "
+                "vlmpref.config.resolve(TrainConfig, preset=...) applies it."})
     image_longest_edge: Optional[int] = field(default=None, metadata={
         "help": "Resize images so their longest edge is this many pixels before tiling; fewer pixels, fewer "
                 "tiles and tokens (SmolVLM-Instruct: 384 gives 1 tile, 768 5, the model's 1536 13 for a 4:3 "
