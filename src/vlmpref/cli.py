@@ -8,6 +8,9 @@
     vlmpref data check --dataset runs/demo/data --split test
     vlmpref data synthetic --output-dir runs/shapes
     vlmpref tiny-model --output-dir runs/tiny
+    vlmpref estimate --model HuggingFaceTB/SmolVLM-Instruct --gpu rtx-4070
+    vlmpref merge --adapter runs/dpo --output-dir runs/dpo-merged
+    vlmpref chat --model runs/tiny --adapter runs/dpo --image photo.png
 
 Each sub-command's options come from its config dataclass; `--config FILE.yaml` supplies them from YAML
 and flags override the file. User errors print one line and exit with status 2.
@@ -38,6 +41,7 @@ def _cmd_demo(cfg):
 
 
 def _cmd_train(cfg):
+    from vlmpref.train.reporting import summary_line
     from vlmpref.train.run import train
 
     callbacks = None
@@ -47,10 +51,9 @@ def _cmd_train(cfg):
         callbacks = [HeldOutEvalCallback()]  # held-out metrics to eval_log.jsonl and TensorBoard
     result = train(cfg, callbacks=callbacks)
     final = {k: v for k, v in result.summary["final_log"].items() if k != "log_history"}
-    print(f"Trained {result.summary['steps']} steps in {result.summary['seconds']:.0f} s; adapter, processor and "
-          f"config saved to {result.output_dir}")
     if final:
         print(json.dumps(final))
+    print(summary_line(result.summary, result.output_dir))
 
 
 def _cmd_generate(cfg):
@@ -117,6 +120,26 @@ def _cmd_tiny_model(cfg):
     print(f"Tiny {cfg.architecture} model and processor written to {save_tiny_model(cfg)}")
 
 
+def _cmd_estimate(cfg):
+    from vlmpref.train.plan import run_estimate
+
+    run_estimate(cfg)
+
+
+def _cmd_merge(cfg):
+    from vlmpref.models.merge import merge_adapter
+
+    out = merge_adapter(cfg)
+    print(f"Merged checkpoint and processor written to {out}; load it with "
+          f"AutoModelForImageTextToText.from_pretrained('{out}')")
+
+
+def _cmd_chat(cfg):
+    from vlmpref.generate.chat import run_chat
+
+    run_chat(cfg)
+
+
 @dataclass
 class Command:
     config: Callable[[], type]  # imported lazily so `vlmpref --help` stays quick
@@ -151,6 +174,12 @@ COMMANDS: dict[str, Command] = {
                               "Write the shapes world (train and disjoint test splits) with save_to_disk."),
     "tiny-model": Command(_cls("vlmpref.models.tiny", "TinyModelConfig"), _cmd_tiny_model,
                           "Write a tiny random VLM and its processor, offline, in seconds."),
+    "estimate": Command(_cls("vlmpref.train.plan", "EstimateConfig"), _cmd_estimate,
+                        "Will a training run fit a GPU, and how long will it take? Memory breakdown and time."),
+    "merge": Command(_cls("vlmpref.models.merge", "MergeConfig"), _cmd_merge,
+                     "Merge an adapter into its base and write a plain transformers checkpoint."),
+    "chat": Command(_cls("vlmpref.generate.chat", "ChatConfig"), _cmd_chat,
+                    "Chat about images in the terminal with a model and an optional adapter, streaming answers."),
 }
 
 

@@ -148,15 +148,30 @@ def _coerce(name: str, tp: Any, value: Any, source: str) -> Any:
 
 def resolve(cls: type, flags: dict[str, Any] | None = None, yaml_path: str | Path | None = None,
             **overrides: Any):
-    """Build a config: dataclass defaults, then the YAML file, then flags and keyword overrides."""
+    """Build a config: dataclass defaults, then a preset, then the YAML file, then flags and keyword overrides.
+
+    A class with a `preset` field takes its preset (a flag or a YAML key) as the layer just above the defaults.
+    A class may list `borrowed_keys`: keys of another command's YAML that it reads past silently (so
+    `vlmpref estimate --config` takes a `vlmpref train` file).
+    """
     hints = _field_types(cls)
     values: dict[str, Any] = {}
+    borrowed = set(getattr(cls, "borrowed_keys", ()))
+    from_yaml: dict[str, Any] = {}
     if yaml_path:
-        from_yaml = read_yaml(yaml_path)
+        from_yaml = {k: v for k, v in read_yaml(yaml_path).items() if k in hints or k not in borrowed}
         check_keys(cls, from_yaml, f"config file {yaml_path}")
-        values.update({k: _coerce(k, hints[k], v, f"config file {yaml_path}") for k, v in from_yaml.items()})
     given = {**(flags or {}), **overrides}
     check_keys(cls, given, "the arguments")
+    preset = given.get("preset") or from_yaml.get("preset")
+    if preset and "preset" in hints:
+        from vlmpref.presets import preset_values
+
+        source = f"preset {preset}"
+        from_preset = {k: v for k, v in preset_values(preset).items() if k in hints or k not in borrowed}
+        check_keys(cls, from_preset, source)
+        values.update({k: _coerce(k, hints[k], v, source) for k, v in from_preset.items()})
+    values.update({k: _coerce(k, hints[k], v, f"config file {yaml_path}") for k, v in from_yaml.items()})
     values.update(given)
     if "config" in hints and yaml_path:
         values["config"] = str(yaml_path)

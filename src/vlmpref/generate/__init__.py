@@ -97,11 +97,9 @@ def run_generate(cfg: GenerateConfig) -> list[str] | Path:
     path = out_dir / "generations.jsonl"
     rows = data.dataset
     extra = [c for c in rows.column_names if c not in ("images", "prompt", "chosen", "rejected")]
-    answers = generate_rows(model, processor, rows, batch_size=cfg.batch_size, **gen)
-    from tqdm.auto import tqdm
-
+    answers = generate_rows(model, processor, rows, batch_size=cfg.batch_size, **gen)  # with a progress bar
     with path.open("w") as f:
-        for row, answer in tqdm(zip(rows, answers), total=len(rows), desc="Generating"):
+        for row, answer in zip(rows, answers):
             record = {"question": question_text(row["prompt"]), "generated": answer,
                       "chosen": answer_text(row["chosen"]), "rejected": answer_text(row["rejected"])}
             record.update({c: row[c] for c in extra})

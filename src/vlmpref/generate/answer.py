@@ -57,20 +57,30 @@ def generate_batch(model, processor, prompts: list[list[dict]], images: list[lis
     return [t.strip() for t in processor.batch_decode(new_tokens, skip_special_tokens=True)]
 
 
-def generate_rows(model, processor, rows: Iterable[dict], batch_size: int = 16, **kwargs) -> Iterator[str]:
-    """Answers for rows in the internal form (`images`, `prompt`), in order, `batch_size` at a time."""
+def generate_rows(model, processor, rows: Iterable[dict], batch_size: int = 16, progress: str | None = "Generating",
+                  **kwargs) -> Iterator[str]:
+    """Answers for rows in the internal form (`images`, `prompt`), in order, `batch_size` at a time.
+
+    A progress bar with the time left (label `progress`, None for none) counts the rows."""
+    from tqdm.auto import tqdm
+
     was_training = model.training
     model.eval()
     batch: list[dict] = []
+    total = len(rows) if hasattr(rows, "__len__") else None
+    bar = tqdm(total=total, desc=progress, unit="row", leave=False, disable=progress is None)
     try:
         for row in rows:
             batch.append(row)
             if len(batch) == batch_size:
                 yield from generate_batch(model, processor, [r["prompt"] for r in batch],
                                           [r["images"] for r in batch], **kwargs)
+                bar.update(len(batch))
                 batch = []
         if batch:
             yield from generate_batch(model, processor, [r["prompt"] for r in batch], [r["images"] for r in batch],
                                       **kwargs)
+            bar.update(len(batch))
     finally:
+        bar.close()
         model.train(was_training)

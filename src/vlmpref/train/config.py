@@ -104,6 +104,16 @@ class TrainConfig:
     allow_outside_paths: bool = field(default=False, metadata={
         "help": "Allow image paths in a local dataset to point outside its folder."})
 
+    # ---- memory presets and image resolution
+    preset: Optional[str] = field(default=None, metadata={
+        "help": "Memory preset (6gb, 8gb, 12gb, 24gb, 80gb, or a preset YAML file) choosing quantization, adapter "
+                "targets, image resolution, batch and checkpointing; --config and flags override it. From Python, "
+                "vlmpref.config.resolve(TrainConfig, preset=...) applies it."})
+    image_longest_edge: Optional[int] = field(default=None, metadata={
+        "help": "Resize images so their longest edge is this many pixels before tiling; fewer pixels, fewer "
+                "tiles and tokens (SmolVLM-Instruct: 384 gives 1 tile, 768 5, the model's 1536 13 for a 4:3 "
+                "image); auto keeps the model's setting."})
+
     def __post_init__(self):
         for name in ("learning_rate", "num_train_epochs", "per_device_train_batch_size", "per_device_eval_batch_size",
                      "gradient_accumulation_steps", "lora_r", "logging_steps", "save_steps"):
@@ -135,3 +145,8 @@ class TrainConfig:
                                "use --engine trl for it.")
         if self.report_to == ["none"]:
             self.report_to = []
+        if self.image_longest_edge is not None and self.image_longest_edge <= 0:
+            raise VlmprefError(f"--image-longest-edge must be positive, not {self.image_longest_edge}.")
+        from vlmpref.train.reporting import check_report_to
+
+        check_report_to(self.report_to)

@@ -46,6 +46,8 @@ def dpo_config(cfg: TrainConfig, bf16: bool, has_eval: bool) -> DPOConfig:
         eval_strategy="steps" if eval_every else "no",
         eval_steps=eval_every,
         report_to=list(cfg.report_to),
+        # transformers hides its progress bar when its logger is quieter than WARNING, as the CLI sets it
+        disable_tqdm=False,
         dataset_num_proc=cfg.dataset_num_proc,
         dataloader_num_workers=cfg.dataloader_num_workers,
         use_cpu=not torch.cuda.is_available(),

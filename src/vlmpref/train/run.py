@@ -22,6 +22,8 @@ from vlmpref.data import PreferenceData, load_preference_data
 from vlmpref.errors import VlmprefError
 from vlmpref.models import load_model, load_processor, lora_config
 from vlmpref.models.loading import default_device, supports_bf16
+from vlmpref.models.shapes import set_image_longest_edge
+from vlmpref.presets import describe as describe_preset
 from vlmpref.train.config import TrainConfig
 from vlmpref.train.engines import make_trainer
 
@@ -79,6 +81,8 @@ def train(cfg: TrainConfig, callbacks=None) -> TrainResult:
     started = time.time()
     out = prepare_output_dir(cfg.output_dir, cfg.overwrite)
     config_io.save(cfg, out / CONFIG_NAME)
+    if cfg.preset:
+        print(describe_preset(cfg, cfg.preset))
 
     # ---- data
     data, eval_data = load_training_data(cfg, out)
@@ -87,6 +91,8 @@ def train(cfg: TrainConfig, callbacks=None) -> TrainResult:
     device = default_device()
     bf16 = use_bf16(cfg, device)
     processor = load_processor(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    if cfg.image_longest_edge:
+        set_image_longest_edge(processor, cfg.image_longest_edge)
     model = load_model(cfg.model, quantization=cfg.quantization, dtype=torch.bfloat16 if bf16 else torch.float32,
                        attn_implementation=cfg.attn_implementation, device=device,
                        trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
@@ -117,6 +123,7 @@ def train(cfg: TrainConfig, callbacks=None) -> TrainResult:
         "train_seconds": round(trainer.state.log_history[-1].get("train_runtime", elapsed), 2)
         if trainer.state.log_history else None,
         "peak_memory_gib": round(torch.cuda.max_memory_reserved() / 2**30, 3) if device.type == "cuda" else None,
+        "report_to": list(cfg.report_to),
         "final_log": trainer.state.log_history[-1] if trainer.state.log_history else {},
         "log_history": trainer.state.log_history,
     }

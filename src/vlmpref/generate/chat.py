@@ -1,0 +1,178 @@
+"""`vlmpref chat`: talk about one or more images with a base model and an optional adapter, in the terminal.
+
+    vlmpref chat --model HuggingFaceTB/SmolVLM-Instruct --adapter runs/dpo --image photo.jpg
+
+Answers stream token by token. The conversation keeps its history, so follow-up questions work; the images
+belong to the first question. Commands:
+
+    /image PATH [PATH ...]   talk about other image(s) (starts a new conversation)
+    /reset                   forget the conversation, keep the images
+    /quit                    leave (so do Ctrl-D and an empty line at end of input)
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from dataclasses import dataclass, field
+from threading import Thread
+from typing import Iterator, Optional, TextIO
+
+from PIL import Image
+
+from vlmpref.errors import VlmprefError
+from vlmpref.generate.answer import model_device, model_dtype, processor_inputs
+
+HELP = "/image PATH [PATH ...] switches images, /reset forgets the conversation, /quit leaves."
+
+
+@dataclass
+class ChatConfig:
+    """Options of `vlmpref chat`."""
+
+    model: str = field(default="", metadata={"help": "Base model: Hub id or local folder."})
+    adapter: Optional[str] = field(default=None, metadata={"help": "PEFT adapter folder to apply (from vlmpref train)."})
+    image: Optional[list[str]] = field(default=None, metadata={
+        "help": "Image file(s) to talk about; /image PATH switches them during the chat."})
+    quantization: str = field(default="none", metadata={"help": "Load the base model as none, 8bit or 4bit."})
+    max_new_tokens: int = field(default=256, metadata={"help": "Longest answer, in tokens."})
+    do_sample: bool = field(default=False, metadata={"help": "Sample instead of greedy decoding."})
+    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature (with --do-sample)."})
+    top_p: float = field(default=0.9, metadata={"help": "Nucleus sampling mass (with --do-sample)."})
+    config: Optional[str] = field(default=None, metadata={"help": "YAML file with these options; flags override it."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow the model's own code to run."})
+    allow_pickle: bool = field(default=False, metadata={"help": "Allow pickle (.bin) weights, which can run code."})
+
+    def __post_init__(self):
+        if not self.model:
+            raise VlmprefError("No model given; pass --model with a Hub id or a local folder.")
+        if self.max_new_tokens <= 0:
+            raise VlmprefError(f"--max-new-tokens must be positive, not {self.max_new_tokens}.")
+
+
+def load_images(paths: list[str]) -> list[Image.Image]:
+    from vlmpref.data.images import ImageProblem, load_rgb
+
+    try:
+        return [load_rgb(path, allow_outside=True) for path in paths]
+    except ImageProblem as exc:
+        raise VlmprefError(f"Cannot use the image: {exc}.") from None
+
+
+class ChatSession:
+    """A conversation: the images, the turns so far, and streamed answers."""
+
+    def __init__(self, model, processor, images: list[Image.Image] | None = None, **generate_kwargs):
+        self.model, self.processor = model, processor
+        self.images = list(images or [])
+        self.history: list[dict] = []
+        self.generate_kwargs = generate_kwargs
+
+    def set_images(self, images: list[Image.Image]) -> None:
+        """New images start a new conversation: earlier answers were about the old ones."""
+        self.images = list(images)
+        self.history = []
+
+    def reset(self) -> None:
+        self.history = []
+
+    def _user_turn(self, question: str) -> dict:
+        images = [] if self.history else [{"type": "image"}] * len(self.images)
+        return {"role": "user", "content": images + [{"type": "text", "text": question}]}
+
+    def ask(self, question: str) -> Iterator[str]:
+        """Stream the answer to `question`; the finished answer joins the history."""
+        from transformers import TextIteratorStreamer
+
+        messages = self.history + [self._user_turn(question)]
+        inputs = processor_inputs(self.processor, [messages], [self.images]).to(model_device(self.model))
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(model_dtype(self.model))
+        tokenizer = self.processor.tokenizer
+        streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        kwargs = dict(self.generate_kwargs)
+        if not kwargs.get("do_sample"):
+            kwargs.pop("temperature", None)
+            kwargs.pop("top_p", None)
+        thread = Thread(target=self.model.generate, daemon=True,
+                        kwargs=dict(**inputs, streamer=streamer, pad_token_id=tokenizer.pad_token_id, **kwargs))
+        thread.start()
+        pieces = []
+        for piece in streamer:
+            pieces.append(piece)
+            yield piece
+        thread.join()
+        self.history = messages + [{"role": "assistant", "content": [{"type": "text", "text": "".join(pieces).strip()}]}]
+
+
+def chat_loop(session: ChatSession, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> int:
+    """Read questions and commands line by line; returns the number of questions answered."""
+    interactive = stdin.isatty() and stdout.isatty()
+    answered = 0
+    while True:
+        if interactive:
+            try:
+                import readline  # noqa: F401  (line editing and history for input())
+            except ImportError:
+                pass
+            try:
+                line = input("you> ")
+            except EOFError:
+                stdout.write("\n")
+                break
+        else:
+            line = stdin.readline()
+            if not line:  # end of input
+                break
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith("/"):
+            command, _, rest = line.partition(" ")
+            if command in ("/quit", "/exit", "/q"):
+                break
+            if command == "/reset":
+                session.reset()
+                stdout.write("(conversation cleared)\n")
+            elif command == "/image":
+                paths = shlex.split(rest)
+                if not paths:
+                    stdout.write("usage: /image PATH [PATH ...]\n")
+                    continue
+                try:
+                    session.set_images(load_images(paths))
+                except VlmprefError as exc:
+                    stdout.write(f"error: {exc}\n")
+                    continue
+                stdout.write(f"(now talking about {', '.join(paths)}; new conversation)\n")
+            else:
+                stdout.write(f"unknown command {command}; {HELP}\n")
+            stdout.flush()
+            continue
+        stdout.write("model> ")
+        stdout.flush()
+        try:
+            for piece in session.ask(line):
+                stdout.write(piece)
+                stdout.flush()
+        except KeyboardInterrupt:
+            stdout.write(" [stopped]")
+        stdout.write("\n")
+        stdout.flush()
+        answered += 1
+    return answered
+
+
+def run_chat(cfg: ChatConfig, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> int:
+    from vlmpref.generate import _load
+
+    images = load_images(cfg.image) if cfg.image else []
+    model, processor = _load(cfg)
+    model.eval()
+    session = ChatSession(model, processor, images, max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample,
+                          temperature=cfg.temperature, top_p=cfg.top_p)
+    about = f" about {', '.join(cfg.image)}" if cfg.image else " (no image yet)"
+    adapter = f" + {cfg.adapter}" if cfg.adapter else ""
+    stdout.write(f"Chatting with {cfg.model}{adapter}{about}. {HELP}\n")
+    stdout.flush()
+    return chat_loop(session, stdin, stdout)

@@ -1,0 +1,51 @@
+"""Where training reports to, and the one line it ends with.
+
+TensorBoard is the default logger; `--report-to wandb` or `--report-to trackio` need their package installed,
+which is checked before any data or model is loaded.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+from vlmpref.errors import VlmprefError
+
+# logger name -> (module to import, pip package)
+LOGGERS = {"tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb", "wandb"),
+           "trackio": ("trackio", "trackio"), "mlflow": ("mlflow", "mlflow")}
+
+
+def check_report_to(names: list[str]) -> None:
+    """One clear error for an unknown logger or one whose package is missing."""
+    for name in names:
+        if name not in LOGGERS:
+            raise VlmprefError(f"Unknown --report-to '{name}'; choose from {', '.join(LOGGERS)} or none.")
+        module, package = LOGGERS[name]
+        if importlib.util.find_spec(module) is None:
+            raise VlmprefError(f"--report-to {name} needs the {package} package; install it with "
+                               f"`pip install {package}`, or use --report-to tensorboard.")
+
+
+def duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m {seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m"
+
+
+def summary_line(summary: dict, output_dir) -> str:
+    """`Trained 40 steps (1,280 pairs) in 14m 02s, 1.52 pairs/s, peak GPU memory 7.1 GiB; outputs in runs/dpo`."""
+    seconds = summary.get("train_seconds") or summary.get("seconds") or 0.0
+    pairs = summary.get("pairs_seen", 0)
+    rate = f", {pairs / seconds:.2f} pairs/s" if seconds and pairs else ""
+    peak = summary.get("peak_memory_gib")
+    memory = f", peak GPU memory {peak:.1f} GiB" if peak is not None else ""
+    line = (f"Trained {summary.get('steps', 0)} steps ({pairs:,} pairs) in {duration(seconds)}{rate}{memory}; "
+            f"adapter, processor and config in {output_dir}")
+    if "tensorboard" in summary.get("report_to", []):
+        line += f" (logs: tensorboard --logdir {output_dir}/runs)"
+    return line

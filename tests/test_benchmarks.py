@@ -1,0 +1,24 @@
+"""The GPU calibration script runs end to end on a CPU in --smoke mode (tiny model, one step)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_memory_calibration_smoke(tmp_path):
+    output = tmp_path / "smoke.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "memory_calibration.py"), "--smoke", "--only",
+                             "0", "--output", str(output), "--workdir", str(tmp_path / "work")],
+                            capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (record,) = json.loads(output.read_text())
+    assert record["status"] == "ok", record["status"]
+    assert record["measured"]["steps"] == 1 and record["measured"]["seconds_per_pair"] > 0
+    assert record["measured"]["peak_reserved_gib"] is None  # no CUDA here
+    assert record["estimate"]["reserved_gib"] > 0 and record["tokens"]["tiles"] == 1
+    assert "estimate vs measured" in result.stdout

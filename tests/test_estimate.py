@@ -1,0 +1,173 @@
+"""`vlmpref estimate`: exact counts for known models, the Idefics3 tiling rule, and DESIGN's measured table."""
+
+import json
+
+import pytest
+import torch
+from peft import get_peft_model
+
+from vlmpref.cli import main
+from vlmpref.errors import VlmprefError
+from vlmpref.models import load_model, lora_config
+from vlmpref.models.estimate import RunSettings, estimate, trainable_params, weight_bytes
+from vlmpref.models.gpus import find_gpu
+from vlmpref.models.shapes import describe_model, image_tokens
+
+
+@pytest.fixture(scope="module")
+def replica_2b():
+    return describe_model("smolvlm-2.2b")
+
+
+# Documented sizes: bf16 weights are 2 bytes a parameter plus 256 bytes of fp32 rotary tables; NF4 with double
+# quantization packs two weights a byte plus one 8-bit absmax per 64 weights (and small per-layer tables), and
+# leaves the embeddings and the output layer in bf16.
+@pytest.mark.parametrize("name,params,bf16_bytes,nf4_bytes", [
+    ("smolvlm-256m", 256_484_928, 512_970_112, 219_153_052),
+    ("smolvlm-500m", 507_482_304, 1_014_964_864, 404_860_580),
+    ("smolvlm-2.2b", 2_246_272_880, 4_492_546_016, 1_460_951_588),
+])
+def test_replica_weight_bytes_are_the_documented_numbers(name, params, bf16_bytes, nf4_bytes):
+    shape = describe_model(name)
+    assert shape.params == params
+    assert weight_bytes(shape, "none") == bf16_bytes == 2 * params + 256
+    assert weight_bytes(shape, "4bit") == nf4_bytes
+
+
+def _storage_bytes(model) -> int:
+    """Bytes of every distinct storage the model holds: parameters, buffers, bitsandbytes quantization state."""
+    seen = {}
+
+    def add(t):
+        if isinstance(t, torch.Tensor):
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+
+    for t in list(model.parameters()) + list(model.buffers()):
+        add(t)
+    for module in model.modules():
+        state = getattr(getattr(module, "weight", None), "quant_state", None)
+        if state is not None:
+            for t in (state.absmax, state.code, state.offset):
+                add(t)
+            if state.nested:
+                add(state.state2.absmax)
+                add(state.state2.code)
+        add(getattr(getattr(module, "weight", None), "SCB", None))
+    return sum(seen.values())
+
+
+@pytest.mark.parametrize("quantization", ["none", "4bit", "8bit"])
+def test_weight_bytes_equal_what_bitsandbytes_allocates(tiny_model_dir, quantization):
+    model = load_model(str(tiny_model_dir), quantization=quantization, dtype=torch.bfloat16)
+    assert weight_bytes(describe_model(str(tiny_model_dir)), quantization) == _storage_bytes(model)
+
+
+@pytest.mark.parametrize("use_dora,scope", [(True, "all"), (True, "language"), (False, "all")])
+def test_trainable_parameters_equal_peft(tiny_model_dir, use_dora, scope):
+    model = load_model(str(tiny_model_dir))
+    peft_model = get_peft_model(model, lora_config(model, use_dora=use_dora, scope=scope))
+    expected = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    shape = describe_model(str(tiny_model_dir))
+    assert sum(trainable_params(shape, RunSettings(use_dora=use_dora, lora_scope=scope))) == expected
+
+
+def test_guide_recipe_trains_11m_parameters(replica_2b):
+    # DoRA r=8 on q/k/v/o/gate/up/down: 9,682,944 in the language model + 1,586,304 in the vision tower
+    assert sum(trainable_params(replica_2b, RunSettings())) == 11_269_248
+    assert sum(trainable_params(replica_2b, RunSettings(lora_scope="language"))) == 9_682_944
+
+
+@pytest.mark.parametrize("name", ["smolvlm-2.2b", "smolvlm-256m"])
+@pytest.mark.parametrize("size,edge", [((640, 480), None), ((480, 640), None), ((1000, 300), None),
+                                       ((640, 480), 384), ((640, 480), 768), ((300, 300), None)])
+def test_image_tiles_and_tokens_follow_the_processor(name, size, edge):
+    from PIL import Image
+
+    from vlmpref.models.replicas import replica_processor
+    from vlmpref.models.shapes import set_image_longest_edge
+
+    processor = replica_processor(name)
+    if edge:
+        set_image_longest_edge(processor, edge)
+    text = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}]}])
+    without_image = len(processor.tokenizer(text)["input_ids"]) - 1  # the <image> placeholder itself
+    inputs = processor(text=[text], images=[[Image.new("RGB", size)]], return_tensors="pt")
+    predicted = image_tokens(describe_model(name), *size, longest_edge=edge)
+    assert predicted.tiles == inputs["pixel_values"].shape[1]
+    # tokenizers that merge "\n\n" give exactly this count; vlmpref's small test tokenizer makes one more
+    assert inputs["input_ids"].shape[1] - without_image - predicted.tokens in (0, 1)
+
+
+def test_design_table_four_by_three_image_makes_1053_image_tokens(replica_2b):
+    image = image_tokens(replica_2b, 640, 480)
+    assert (image.tiles, image.rows, image.cols) == (13, 3, 4)
+    assert image.tiles * replica_2b.image_seq_len == 1053
+
+
+# DESIGN.md, "Measured baseline": TRL recipe on one H200, replicas, 640x480 images, 2 x 1210 tokens per pair
+@pytest.mark.parametrize("name,changes,measured_gib,measured_s", [
+    ("smolvlm-2.2b", {}, 7.12, 1.56),
+    ("smolvlm-2.2b", dict(use_dora=False), 6.83, 1.02),
+    ("smolvlm-2.2b", dict(batch_size=4), 19.71, 0.77),
+    ("smolvlm-2.2b", dict(image_longest_edge=384), 2.49, 1.51),
+    ("smolvlm-256m", {}, 4.45, 1.54),
+])
+def test_estimate_is_within_15_percent_of_design_measurements(name, changes, measured_gib, measured_s):
+    est = estimate(name, RunSettings(prompt_tokens=16, answer_tokens=110, **changes), "h200")
+    assert est.memory.reserved_gib == pytest.approx(measured_gib, rel=0.15)
+    assert est.seconds_per_pair == pytest.approx(measured_s, rel=0.25)
+
+
+def test_memory_grows_with_batch_tiles_and_answers(replica_2b):
+    base = estimate(replica_2b, RunSettings(), "h200").memory.reserved
+    assert estimate(replica_2b, RunSettings(batch_size=2), "h200").memory.reserved > base
+    assert estimate(replica_2b, RunSettings(image_longest_edge=384), "h200").memory.reserved < base
+    assert estimate(replica_2b, RunSettings(answer_tokens=400), "h200").memory.reserved > base
+    assert estimate(replica_2b, RunSettings(gradient_checkpointing=False), "h200").memory.reserved > base
+
+
+def test_fast_engine_with_image_cache_needs_less_than_trl(replica_2b):
+    trl = estimate(replica_2b, RunSettings(lora_scope="language"), "h200")
+    fast = estimate(replica_2b, RunSettings(lora_scope="language", engine="fast"), "h200")
+    assert fast.settings.cached_images and fast.memory.reserved < trl.memory.reserved
+    assert fast.flops_per_pair < trl.flops_per_pair
+
+
+def test_gpu_table_lookup():
+    assert find_gpu("rtx-4070").memory_gib == 12
+    assert find_gpu("RTX 4090").name == find_gpu("4090").name == "RTX 4090 24GB"
+    assert find_gpu("12gb").memory_gib == 12
+    with pytest.raises(VlmprefError, match="Unknown GPU 'rtx 4075'; did you mean rtx-4070"):
+        find_gpu("rtx 4075")
+
+
+def test_cli_estimate_json_and_verdicts(capsys):
+    assert main(["estimate", "--model", "smolvlm-2.2b", "--gpu", "rtx-4070", "--as-json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["gpus"][0]["fits"] and report["image"]["tiles"] == 13
+    assert set(report["memory_gib"]) >= {"weights", "activations", "CUDA context and libraries"}
+    # the guide's recipe on TRL does not fit 6 GB; the 6gb preset does
+    assert main(["estimate", "--model", "smolvlm-2.2b", "--gpu", "6gb", "--engine", "trl", "--as-json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert not report["gpus"][0]["fits"] and report["preset_that_fits"] == "6gb"
+
+
+def test_cli_estimate_prints_breakdown_and_time(capsys):
+    assert main(["estimate", "--model", "smolvlm-256m", "--gpu", "rtx-3060", "--pairs", "1000"]) == 0
+    out = capsys.readouterr().out
+    for text in ("weights", "adapter + gradients + AdamW", "activations", "= GPU memory needed", "fits",
+                 "1,000 pairs", "per epoch"):
+        assert text in out
+
+
+def test_cli_estimate_reads_a_train_config(capsys):
+    assert main(["estimate", "--config", "configs/smolvlm-instruct/dpo-guide.yaml", "--gpu", "12gb",
+                 "--as-json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["settings"]["quantization"] == "4bit" and report["settings"]["gradient_accumulation_steps"] == 32
+
+
+def test_unknown_model_type_is_a_clear_error(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(VlmprefError, match="estimate knows Idefics3"):
+        describe_model(str(tmp_path))
