@@ -158,10 +158,11 @@ def run_variant(variant: str, model_dir: str, dataset, args) -> dict:
     processor = load_processor(model_dir)
     model = load_model(model_dir, quantization=args.quantization,
                        dtype=torch.bfloat16 if (cuda or args.quantization != "none") else torch.float32)
+    variant, _, packing = variant.partition(":")  # "fast-lang:8" packs 8 pairs per forward
     scope = "language" if variant == "fast-lang" else "all"
     peft_config = lora_config(model, use_dora=True, scope=scope)
     per_step = args.pairs_per_step
-    ppf = {"trl": 1, "fast-bs1": 1, "fast-exact": args.pairs_per_forward, "fast-lang": args.pairs_per_forward}[variant]
+    ppf = int(packing) if packing else {"trl": 1, "fast-bs1": 1}.get(variant, args.pairs_per_forward)
     config = DPOConfig(output_dir=str(Path(args.work) / variant), per_device_train_batch_size=1,
                        gradient_accumulation_steps=per_step, max_steps=1 + args.timed_steps, learning_rate=1e-5,
                        bf16=cuda or args.quantization != "none", use_cpu=not cuda, activation_checkpointing=True,
@@ -184,7 +185,7 @@ def run_variant(variant: str, model_dir: str, dataset, args) -> dict:
     pairs = args.timed_steps * per_step
     steady = timed / pairs
     amortized = steady + setup_extra / (EPOCHS * len(dataset))
-    result = {"variant": variant, "pairs_per_forward": ppf, "lora_scope": scope, "timed_pairs": pairs,
+    result = {"variant": f"{variant}:{ppf}" if variant.startswith("fast") else variant, "pairs_per_forward": ppf, "lora_scope": scope, "timed_pairs": pairs,
               "s_per_pair_steady": steady, "s_per_pair": amortized, "one_time_seconds": setup_extra,
               "setup_seconds": setup, "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30 if cuda else None,
               "image_cache": getattr(trainer, "image_cache", None) is not None}
@@ -213,7 +214,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["smolvlm-256m", "smolvlm-2.2b"], help="Replica names.")
-    parser.add_argument("--variants", nargs="+", default=["trl", "fast-exact", "fast-bs1", "fast-lang"])
+    parser.add_argument("--variants", nargs="+", default=["trl", "fast-exact", "fast-bs1", "fast-lang"],
+                        help="trl, fast-exact, fast-bs1, fast-lang; append :N to pack N pairs per forward.")
     parser.add_argument("--pairs", type=int, default=24, help="Distinct pairs in the dataset.")
     parser.add_argument("--pairs-per-step", type=int, default=8, help="Pairs per optimizer step (all variants).")
     parser.add_argument("--timed-steps", type=int, default=2, help="Optimizer steps timed after one warm-up step.")
@@ -223,6 +225,7 @@ def main(argv=None) -> int:
     parser.add_argument("--quantization", default="4bit")
     parser.add_argument("--work", default=None, help="Scratch folder (replicas, run outputs).")
     parser.add_argument("--out", default=None, help="Write the results as JSON here.")
+    parser.add_argument("--label", default="", help="Recorded with the results (e.g. the git commit).")
     parser.add_argument("--smoke", action="store_true", help="Tiny model, tiny images, CPU: checks the script runs.")
     args = parser.parse_args(argv)
     if args.smoke:
@@ -242,7 +245,8 @@ def main(argv=None) -> int:
     from vlmpref.models import load_processor
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"
-    report = {"device": device, "torch": torch.__version__, "command": " ".join(sys.argv), "models": {}}
+    report = {"device": device, "torch": torch.__version__, "command": " ".join(sys.argv), "label": args.label,
+              "models": {}}
     for name in args.models:
         model_dir = build_model_dir(name, root / "models", args.smoke)
         rows = benchmark_rows(args.pairs, tuple(args.image_size), args.answer_words)
@@ -269,9 +273,10 @@ def main(argv=None) -> int:
                 gc.collect()
                 torch.cuda.empty_cache() if torch.cuda.is_available() else None
                 continue
+            kind = variant.partition(":")[0]
             result["tokens_per_pair"] = (2 * tokens["prompt"] + tokens["chosen"] + tokens["rejected"]
-                                         if variant == "trl" else tokens["prompt"] + tokens["chosen"] + tokens["rejected"])
-            result["flops_per_pair"] = flops_per_pair(variant, tokens, params)
+                                         if kind == "trl" else tokens["prompt"] + tokens["chosen"] + tokens["rejected"])
+            result["flops_per_pair"] = flops_per_pair(kind, tokens, params)
             result["tflops"] = result["flops_per_pair"] / result["s_per_pair"] / 1e12
             results.append(result)
             print(json.dumps(result), flush=True)
@@ -297,7 +302,7 @@ def print_table(report: dict) -> None:
         for r in entry["results"]:
             peak = f"{r['peak_reserved_gib']:.2f}" if r["peak_reserved_gib"] is not None else "-"
             speed = f"{r['speedup_vs_trl']:.2f}" if r["speedup_vs_trl"] else "-"
-            print(f"{name:14} {r['variant']:11} {r['s_per_pair']:8.3f} {speed:>9} {peak:>9} "
+            print(f"{name:14} {r['variant']:13} {r['s_per_pair']:8.3f} {speed:>9} {peak:>9} "
                   f"{r['tokens_per_pair']:9.0f} {r['tflops']:8.1f}")
 
 

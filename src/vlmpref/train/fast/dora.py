@@ -5,7 +5,7 @@ through an identity matmul (keeping an unused autograd graph), adds and takes ro
 adapted layer, every micro-batch, and again in gradient-checkpoint recomputation. The norm is detached
 (DoRA paper, section 4.3) and depends only on W, A and B, which change only at an optimizer step, so one
 computation per step gives the same values. With the guide's 32 accumulation steps that is 1 norm
-computation where PEFT does 64.
+computation where PEFT does 64. The output also keeps the activation dtype (see `_cached_forward`).
 """
 
 from __future__ import annotations
@@ -43,7 +43,11 @@ def _cached_forward(self, x, *, lora_A, lora_B, scaling, base_layer, base_result
     else:
         weight = dequantize_module_weight(base_layer).to(x.dtype)
         base_result = F.linear(x, transpose(weight, self.fan_in_fan_out))
-    return (mag_norm_scale - 1) * base_result + mag_norm_scale * lora_result * scaling
+    # The magnitude is float32; PEFT multiplies it into [tokens, features] activations, which promotes
+    # the layer's output (and the residual stream after it) to float32. The factors are formed in float32
+    # (scale - 1 is small and would vanish in bf16) and only then cast, so activations keep their dtype.
+    dtype = base_result.dtype
+    return (mag_norm_scale - 1).to(dtype) * base_result + (mag_norm_scale * scaling).to(dtype) * lora_result
 
 
 def dora_layers(model) -> list[DoraLinearLayer]:
