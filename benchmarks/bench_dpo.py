@@ -163,7 +163,9 @@ def run_variant(variant: str, model_dir: str, dataset, args) -> dict:
     peft_config = lora_config(model, use_dora=True, scope=scope)
     per_step = args.pairs_per_step
     ppf = int(packing) if packing else {"trl": 1, "fast-bs1": 1}.get(variant, args.pairs_per_forward)
-    config = DPOConfig(output_dir=str(Path(args.work) / variant), per_device_train_batch_size=1,
+    # A fresh folder per variant and run: a reused one would hand over stored reference log-probs
+    output_dir = tempfile.mkdtemp(prefix=f"{variant}-{ppf}-", dir=args.work)
+    config = DPOConfig(output_dir=output_dir, per_device_train_batch_size=1,
                        gradient_accumulation_steps=per_step, max_steps=1 + args.timed_steps, learning_rate=1e-5,
                        bf16=cuda or args.quantization != "none", use_cpu=not cuda, activation_checkpointing=True,
                        logging_steps=1000, save_strategy="no", report_to=[], max_length=None, seed=0,
