@@ -22,3 +22,22 @@ def test_memory_calibration_smoke(tmp_path):
     assert record["measured"]["peak_reserved_gib"] is None  # no CUDA here
     assert record["estimate"]["reserved_gib"] > 0 and record["tokens"]["tiles"] == 1
     assert "estimate vs measured" in result.stdout
+
+
+def test_dpo_benchmark_smoke(tmp_path):
+    """The side-by-side TRL vs fast-engine benchmark runs on a CPU (timings are not checked)."""
+    output = tmp_path / "bench.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_dpo.py"), "--smoke", "--variants", "trl",
+                             "fast-exact:2", "fast-lang", "--out", str(output), "--work", str(tmp_path / "work")],
+                            capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(output.read_text())
+    results = {r["variant"]: r for r in report["models"]["tiny"]["results"]}
+    assert set(results) == {"trl", "fast-exact:2", "fast-lang:2"}
+    assert results["trl"]["speedup_vs_trl"] == 1.0
+    assert results["fast-lang:2"]["image_cache"] and not results["fast-exact:2"]["image_cache"]
+    # the shared prefix: one prompt per pair instead of two
+    assert results["fast-exact:2"]["tokens_per_pair"] < results["trl"]["tokens_per_pair"]
+    assert results["fast-exact:2"]["one_time_seconds"] > 0  # the reference pass, computed once
+    assert "pairs/s x" in result.stdout
