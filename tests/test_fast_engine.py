@@ -295,3 +295,34 @@ def test_train_with_the_fast_engine_in_4bit_changes_only_adapters(tiny_model_dir
         if not param.requires_grad:
             key = name.replace("base_model.model.", "", 1).replace(".base_layer", "")
             assert torch.equal(fresh[key], param.detach().float()), f"frozen {name} changed"
+
+
+@pytest.mark.parametrize("image_column", ["images", "image"])
+def test_drop_in_for_trl_on_raw_rlaif_v_style_rows(tiny_model_dir, tmp_path, image_column):
+    """The guide's script with `FastDPOTrainer as DPOTrainer`: a raw Hub-style dataset, no vlmpref loading."""
+    from datasets import Dataset
+    from PIL import Image
+    from trl import DPOConfig
+
+    from vlmpref.train.fast import FastDPOTrainer as DPOTrainer
+
+    def row(i):
+        image = Image.new("RGB", (64, 64), (40 * i, 0, 200))
+        return {image_column: [image] if image_column == "images" else image,
+                "prompt": [{"role": "user", "content": [{"type": "image", "text": None},
+                                                        {"type": "text", "text": "What color is it?"}]}],
+                "chosen": [{"role": "assistant", "content": [{"type": "text", "text": f"It is blue {i}."}]}],
+                "rejected": [{"role": "assistant", "content": [{"type": "text", "text": "It is red."}]}]}
+
+    dataset = Dataset.from_list([row(i) for i in range(4)])
+    model = load_model(str(tiny_model_dir))
+    trainer = DPOTrainer(model=model, args=DPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=2,
+                                                     max_steps=2, bf16=False, use_cpu=True, report_to=[],
+                                                     save_strategy="no", learning_rate=1e-2),
+                         train_dataset=dataset, processing_class=load_processor(str(tiny_model_dir)),
+                         peft_config=lora_config(model))
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    trainer.train()
+    assert trainer.state.global_step == 2
+    assert any(not torch.equal(before[n], p) for n, p in trainer.model.named_parameters() if p.requires_grad)
+    assert len(trainer.reference) == 4

@@ -1,7 +1,7 @@
 """`vlmpref demo`: the whole pipeline offline on a CPU in a few minutes.
 
     vlmpref demo                           # writes runs/demo
-    vlmpref demo --output-dir /tmp/demo --max-steps 60
+    vlmpref demo --output-dir /tmp/demo --max-steps 100
 
 1. data:  the shapes world, train and held-out splits with disjoint layouts;
 2. model: a tiny SmolVLM-architecture base that was pre-trained on the shapes world (shipped in the
@@ -50,10 +50,10 @@ class DemoConfig:
     config: Optional[str] = field(default=None, metadata={"help": "YAML file with these options; flags override it."})
     model: Optional[str] = field(default=None, metadata={
         "help": "Base model; auto uses the tiny shapes-world model shipped with vlmpref."})
-    train_scenes: int = field(default=300, metadata={"help": "Training images (5 preference pairs each)."})
+    train_scenes: int = field(default=600, metadata={"help": "Training images (5 preference pairs each)."})
     test_scenes: int = field(default=100, metadata={"help": "Held-out images (5 questions each), unseen layouts."})
     quantization: str = field(default="4bit", metadata={"help": "Base weights as none, 8bit or 4bit."})
-    max_steps: int = field(default=120, metadata={"help": "Optimizer steps of DPO training."})
+    max_steps: int = field(default=300, metadata={"help": "Optimizer steps of DPO training."})
     per_device_train_batch_size: int = field(default=16, metadata={"help": "Preference pairs per step."})
     learning_rate: float = field(default=2e-3, metadata={"help": "Peak learning rate of the DoRA adapter."})
     beta: float = field(default=0.1, metadata={"help": "DPO temperature."})
@@ -119,8 +119,6 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> dict:
     # ---- before: the 4-bit base
     console.rule("2/4 base model, before tuning")
     processor = load_processor(base)
-    # A CPU forward in eval mode repacks 4-bit weights, after which training fails (DESIGN, pitfalls):
-    # the base is evaluated on its own copy and training loads a fresh one.
     base_model = load_model(base, quantization=cfg.quantization)
     before = evaluate(base_model, processor, held_out.dataset, beta=cfg.beta, desc="base")
     write_eval(before, out / "eval_before", rows=held_out.dataset, info=_eval_info(cfg, base, None, held_out))

@@ -98,7 +98,10 @@ def clean_messages(messages: list[dict]) -> list[dict]:
 
 def trl_example(row: dict) -> dict:
     """A fresh copy of a row in the shape TRL's collators and `apply_chat_template` expect (they edit in place)."""
-    return {"images": list(row["images"]), "prompt": clean_messages(row["prompt"]),
+    images = row.get("images")
+    if images is None:  # TRL also accepts a single `image` column
+        images = [row["image"]] if row.get("image") is not None else []
+    return {"images": list(images), "prompt": clean_messages(row["prompt"]),
             "chosen": clean_messages(row["chosen"]), "rejected": clean_messages(row["rejected"])}
 
 

@@ -50,7 +50,7 @@ def tokenize_pair(row: dict, processor, pair_id: int = -1, image_key: str | None
     ids are still produced by the processor, which needs the images only for their sizes.
     """
     texts = pair_texts(row, processor)
-    images = list(row["images"])
+    images = trl_example(row)["images"]
     prompt = processor(images=[images] if images else None, text=[texts["prompt"]], add_special_tokens=False,
                        return_tensors="pt")
     tokenizer = processor.tokenizer

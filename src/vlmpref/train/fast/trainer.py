@@ -64,7 +64,8 @@ class PackCollator:
             if pair_id in self._tokens:
                 pairs.append(self._tokens[pair_id])
                 continue
-            key = images_key(row["images"]) if row.get("images") else None
+            images = row.get("images") or ([row["image"]] if row.get("image") is not None else [])
+            key = images_key(images) if images else None
             cached = key is not None and key in self.cached_keys
             pair = tokenize_pair(row, self.processor, pair_id=pair_id, image_key=key, with_pixels=not cached)
             if cached:
