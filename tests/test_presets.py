@@ -8,7 +8,7 @@ from vlmpref import config as config_io
 from vlmpref.cli import main
 from vlmpref.errors import VlmprefError
 from vlmpref.models.estimate import RunSettings, estimate
-from vlmpref.presets import PRESETS, preset_path, preset_values
+from vlmpref.config import PRESETS, preset_path, preset_values
 from vlmpref.train.config import TrainConfig
 from vlmpref.train.plan import preset_settings
 

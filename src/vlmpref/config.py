@@ -1,8 +1,12 @@
-"""Config dataclasses as CLI flags and YAML files, with one precedence: flags > YAML > defaults.
+"""Config dataclasses as CLI flags and YAML files, with one precedence: flags > YAML > preset > defaults.
 
 Every command has a plain dataclass whose fields carry `metadata={"help": ...}`. This module turns such a
 class into argparse flags (spelled with dashes or underscores), reads a YAML file, rejects unknown keys
 with the nearest valid name, and writes the resolved config beside the outputs.
+
+Memory presets (`--preset 6gb | 8gb | 12gb | 24gb | 80gb`, one YAML file each in configs/presets/, or the
+path of such a file) choose quantization, adapter targets, image resolution, batch and accumulation and
+gradient checkpointing, as the lowest layer above the defaults.
 """
 
 from __future__ import annotations
@@ -165,7 +169,6 @@ def resolve(cls: type, flags: dict[str, Any] | None = None, yaml_path: str | Pat
     check_keys(cls, given, "the arguments")
     preset = given.get("preset") or from_yaml.get("preset")
     if preset and "preset" in hints:
-        from vlmpref.presets import preset_values
 
         source = f"preset {preset}"
         from_preset = {k: v for k, v in preset_values(preset).items() if k in hints or k not in borrowed}
@@ -192,3 +195,52 @@ def save(cfg: Any, path: str | Path) -> Path:
     header = f"# resolved {type(cfg).__name__}; rerun with: vlmpref <command> --config {path.name}\n"
     path.write_text(header + yaml.safe_dump(to_dict(cfg), sort_keys=False))
     return path
+
+
+# ---- presets: `--preset 6gb | 8gb | 12gb | 24gb | 80gb`, the layer just above the defaults
+PRESETS = ("6gb", "8gb", "12gb", "24gb", "80gb")
+
+
+def preset_dir() -> Path | None:
+    """configs/presets of the source tree vlmpref runs from (or of the working directory)."""
+    for root in (Path(__file__).resolve().parents[2], Path.cwd()):
+        folder = root / "configs" / "presets"
+        if folder.is_dir():
+            return folder
+    return None
+
+
+def preset_path(name: str) -> Path:
+    path = Path(name).expanduser()
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise VlmprefError(f"Preset file {name} does not exist; check the path given to --preset.")
+        return path
+    key = name.lower().replace(" ", "")
+    if key not in PRESETS:
+        raise VlmprefError(f"Unknown preset '{name}'; choose from {', '.join(PRESETS)}, or give a preset YAML file.")
+    folder = preset_dir()
+    if folder is None or not (folder / f"{key}.yaml").is_file():
+        raise VlmprefError(f"Preset files (configs/presets/{key}.yaml) are not found next to this vlmpref install; "
+                           "run from a clone of the repository or pass --preset path/to/preset.yaml.")
+    return folder / f"{key}.yaml"
+
+
+def preset_values(name: str) -> dict:
+    """The options a preset sets, as `option: value`."""
+    return read_yaml(preset_path(name))
+
+
+def describe_preset(cfg, name: str) -> str:
+    """One line naming the preset and the values now in effect for the options it sets."""
+    values = preset_values(name)
+    shown = ", ".join(f"{key}={_show(getattr(cfg, key, value))}" for key, value in values.items())
+    return f"preset {name}: {shown}"
+
+
+def _show(value) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value))
+    return "auto" if value is None else str(value)

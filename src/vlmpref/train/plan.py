@@ -24,7 +24,7 @@ from vlmpref.models.adapters import GUIDE_TARGET_MODULES
 from vlmpref.models.estimate import Estimate, RunSettings, estimate, parse_image_size
 from vlmpref.models.gpus import GPUS, Gpu, find_gpu
 from vlmpref.models.shapes import ModelShape, describe_model
-from vlmpref.presets import PRESETS, preset_values
+from vlmpref.config import PRESETS, preset_values
 from vlmpref.train.config import TrainConfig
 
 _TRAIN_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}

@@ -23,7 +23,7 @@ from vlmpref.errors import VlmprefError
 from vlmpref.models import load_model, load_processor, lora_config
 from vlmpref.models.loading import default_device, supports_bf16
 from vlmpref.models.shapes import set_image_longest_edge
-from vlmpref.presets import describe as describe_preset
+from vlmpref.config import describe_preset
 from vlmpref.train.config import TrainConfig
 from vlmpref.train.engines import make_trainer
 
