@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 from pathlib import Path
 from typing import Literal
@@ -68,18 +69,30 @@ def _explain_oserror(model_id: str, exc: OSError) -> VlmprefError:
     return VlmprefError(f"Model '{model_id}' could not be loaded: {text.splitlines()[0]}")
 
 
-def load_processor(model_id: str, trust_remote_code: bool = False):
-    """The model's processor (tokenizer + image processor), with left padding for batched generation."""
-    _check_source(model_id)
+@contextlib.contextmanager
+def hub_errors(model_id: str):
+    """Turn what `from_pretrained` raises for a user's mistake (no such model, no network, code that needs
+    trust_remote_code, not a VLM) into one-line VlmprefErrors."""
     try:
-        processor = AutoProcessor.from_pretrained(model_id, trust_remote_code=trust_remote_code)
+        yield
     except OSError as exc:
         raise _explain_oserror(model_id, exc) from None
     except ValueError as exc:
-        if "trust_remote_code" in str(exc):
+        text = str(exc)
+        if "trust_remote_code" in text:
             raise VlmprefError(f"Model '{model_id}' needs its own code to load; pass --trust-remote-code only if "
                                "you trust its source.") from None
+        if "Unrecognized configuration class" in text or "does not support" in text:
+            raise VlmprefError(f"Model '{model_id}' is not an image-text-to-text model that transformers can load "
+                               "with AutoModelForImageTextToText.") from None
         raise
+
+
+def load_processor(model_id: str, trust_remote_code: bool = False):
+    """The model's processor (tokenizer + image processor), with left padding for batched generation."""
+    _check_source(model_id)
+    with hub_errors(model_id):
+        processor = AutoProcessor.from_pretrained(model_id, trust_remote_code=trust_remote_code)
     tokenizer = getattr(processor, "tokenizer", None)
     if tokenizer is None:
         raise VlmprefError(f"'{model_id}' has no tokenizer in its processor, so it is not an image-text model.")
@@ -112,19 +125,8 @@ def load_model(model_id: str, quantization: Quantization = "none", dtype: torch.
     if qconfig is not None:
         kwargs["quantization_config"] = qconfig
         kwargs["device_map"] = {"": device.index or 0} if device.type == "cuda" else {"": "cpu"}
-    try:
+    with hub_errors(model_id):
         model = AutoModelForImageTextToText.from_pretrained(model_id, **kwargs)
-    except OSError as exc:
-        raise _explain_oserror(model_id, exc) from None
-    except ValueError as exc:
-        text = str(exc)
-        if "trust_remote_code" in text:
-            raise VlmprefError(f"Model '{model_id}' needs its own code to load; pass --trust-remote-code only if "
-                               "you trust its source.") from None
-        if "Unrecognized configuration class" in text or "does not support" in text:
-            raise VlmprefError(f"Model '{model_id}' is not an image-text-to-text model that transformers can load "
-                               "with AutoModelForImageTextToText.") from None
-        raise
     if qconfig is None:
         model.to(device)
     elif device.type == "cpu":

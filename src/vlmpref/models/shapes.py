@@ -107,17 +107,10 @@ def _load_config(model: str, trust_remote_code: bool):
     if model.startswith((".", "/", "~")) or model.count("/") > 1:
         raise VlmprefError(f"Model path {model} does not exist; give a local folder, a Hub id or a replica name "
                            "(smolvlm-256m, smolvlm-500m, smolvlm-2.2b).")
-    try:
-        config = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
-    except OSError as exc:
-        from vlmpref.models.loading import _explain_oserror
+    from vlmpref.models.loading import hub_errors
 
-        raise _explain_oserror(model, exc) from None
-    except ValueError as exc:
-        if "trust_remote_code" in str(exc):
-            raise VlmprefError(f"Model '{model}' needs its own code to load; pass --trust-remote-code only if you "
-                               "trust its source.") from None
-        raise
+    with hub_errors(model):
+        config = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
     settings = {}
     if key in REPLICAS:  # a known checkpoint: its processor settings are known too
         spec = replica_spec(key)

@@ -16,40 +16,28 @@ from trl import DPOConfig, DPOTrainer
 from vlmpref.train.config import TrainConfig
 
 
+# TrainConfig fields that DPOConfig has under the same name and meaning
+SAME_NAMES = ("output_dir", "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
+              "per_device_eval_batch_size", "gradient_accumulation_steps", "lr_scheduler_type", "warmup_steps",
+              "weight_decay", "max_grad_norm", "beta", "loss_weights", "max_length", "seed", "logging_steps",
+              "save_steps", "save_total_limit", "dataset_num_proc", "dataloader_num_workers")
+
+
 def dpo_config(cfg: TrainConfig, bf16: bool, has_eval: bool) -> DPOConfig:
     """Map our flat TrainConfig onto TRL's DPOConfig (same names, plus the guide's fixed choices)."""
     eval_every = cfg.eval_steps if has_eval else None
     return DPOConfig(
-        output_dir=cfg.output_dir,
-        learning_rate=cfg.learning_rate,
-        num_train_epochs=cfg.num_train_epochs,
-        max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.per_device_train_batch_size,
-        per_device_eval_batch_size=cfg.per_device_eval_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        lr_scheduler_type=cfg.lr_scheduler_type,
-        warmup_steps=cfg.warmup_steps,
-        weight_decay=cfg.weight_decay,
-        max_grad_norm=cfg.max_grad_norm,
-        beta=cfg.beta,
+        **{name: getattr(cfg, name) for name in SAME_NAMES},
         loss_type=list(cfg.loss_type),
-        loss_weights=cfg.loss_weights,
-        max_length=cfg.max_length,
         bf16=bf16,
         activation_checkpointing=cfg.gradient_checkpointing,
-        seed=cfg.seed,
         data_seed=cfg.seed,
-        logging_steps=cfg.logging_steps,
         save_strategy="steps",
-        save_steps=cfg.save_steps,
-        save_total_limit=cfg.save_total_limit,
         eval_strategy="steps" if eval_every else "no",
         eval_steps=eval_every,
         report_to=list(cfg.report_to),
         # transformers hides its progress bar when its logger is quieter than WARNING, as the CLI sets it
         disable_tqdm=False,
-        dataset_num_proc=cfg.dataset_num_proc,
-        dataloader_num_workers=cfg.dataloader_num_workers,
         use_cpu=not torch.cuda.is_available(),
     )
 
