@@ -2,7 +2,8 @@
 
     python benchmarks/memory_calibration.py --part 1 --output calib-1.json     # SmolVLM-Instruct 2.2B settings
     python benchmarks/memory_calibration.py --part 2 --output calib-2.json     # 256M settings, presets
-    python benchmarks/memory_calibration.py --fit calib-1.json calib-2.json    # refit estimate's coefficients
+    python benchmarks/memory_calibration.py --compare benchmarks/results/*.json   # estimate vs measured table
+    python benchmarks/memory_calibration.py --fit benchmarks/results/*.json       # refit estimate's coefficients
     python benchmarks/memory_calibration.py --smoke --output /tmp/smoke.json   # CPU, tiny model, 1 step
 
 Each setting runs in its own process, so its peak is its own: the replica (random weights from the published
@@ -16,9 +17,11 @@ that would overrun --budget are skipped and say so. Results are written after ev
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 import tempfile
@@ -281,51 +284,162 @@ def print_table(records: list[dict]) -> None:
         print("  " + _line(record))
 
 
-# ---- refitting the estimate's coefficients
+# ---- comparing with, and refitting, the estimate
+
+# DESIGN.md's measured baseline (TRL recipe, H200; 2 x 1210 tokens per pair): (replica, RunSettings changes, GiB, s)
+DESIGN_ROWS = [("smolvlm-2.2b", {}, 7.12, 1.56), ("smolvlm-2.2b", dict(use_dora=False), 6.83, 1.02),
+               ("smolvlm-2.2b", dict(batch_size=4), 19.71, 0.77),
+               ("smolvlm-2.2b", dict(image_longest_edge=384), 2.49, 1.51), ("smolvlm-256m", {}, 4.45, 1.54)]
+# what --fit may change, with bounds that keep each coefficient physically sensible: (low, high)
+FIT_BOUNDS = {
+    ("text_backward", ("trl", "dora"), 0): (20, 80), ("text_backward", ("trl", "dora"), 1): (8, 30),
+    ("text_backward", ("fast", "dora"), 0): (40, 160), ("text_backward", ("fast", "dora"), 1): (16, 24),
+    ("vision_backward", "dora", 0): (30, 90), ("vision_backward", "dora", 1): (8, 30),
+    ("vision_backward", "lora", 0): (15, 60), ("vision_backward", "lora", 1): (6, 30),
+    ("vision_forward", 0): (6, 20), ("vision_forward", 1): (4, 12),
+    ("logit_chunk_bytes",): (12, 18), ("fragmentation",): (0.02, 0.10),
+    ("allocator_fixed_gib",): (0.1, 0.5), ("image_blocks",): (0, 8),
+}
 
 
-def fit(paths: list[str]) -> None:
-    """Least-squares refit of the allocator and host-time coefficients from measured records; prints them."""
-    import numpy as np
+def measured_rows(paths: list[str]) -> list[dict]:
+    """One row per measured run in calibration records (this script) or `bench_dpo.py` reports: its label,
+    source, RunSettings for `estimate`, and the measured peak reserved GiB and seconds per pair."""
+    from vlmpref.models.estimate import RunSettings
+    from vlmpref.models.shapes import image_tokens
 
+    rows = []
+    for path in paths:
+        data = json.loads(Path(path).read_text())
+        source = Path(path).name
+        if isinstance(data, list):  # calibration records: `vlmpref train` on synthetic pairs
+            for r in data:
+                if r.get("status") != "ok" or not r["measured"].get("peak_reserved_gib"):
+                    continue
+                s = {**RECIPE, **r["overrides"]}
+                shape = _shape(r["replica"])
+                image = image_tokens(shape, 640, 480, s["image_longest_edge"])
+                settings = RunSettings(
+                    quantization=s["quantization"], use_dora=s["use_dora"], lora_scope=s["lora_scope"],
+                    image_longest_edge=s["image_longest_edge"], batch_size=s["per_device_train_batch_size"],
+                    gradient_checkpointing=s["gradient_checkpointing"], engine=r.get("engine", "trl"),
+                    prompt_tokens=max(r["tokens"]["prompt_and_image"] - image.tokens, 0),
+                    answer_tokens=r["tokens"]["answer"])
+                rows.append(dict(label=f"{source} {r['setting']} {settings.engine}", source=source,
+                                 model=r["replica"], settings=settings, gib=r["measured"]["peak_reserved_gib"],
+                                 seconds=r["measured"]["seconds_per_pair"]))
+            continue
+        command = data.get("command", "").split()  # a bench_dpo.py report
+
+        def option(name, default):
+            return command[command.index(name) + 1] if name in command else default
+
+        width = int(option("--image-size", 640))
+        height = int(command[command.index("--image-size") + 2]) if "--image-size" in command else 480
+        for name, entry in data["models"].items():
+            shape = _shape(name)
+            image = image_tokens(shape, width, height)
+            tokens = entry["tokens"]
+            for r in entry["results"]:
+                fast = r["variant"] != "trl"
+                settings = RunSettings(
+                    quantization=option("--quantization", "4bit"), use_dora=True, lora_scope=r["lora_scope"],
+                    engine="fast" if fast else "trl", pairs_per_forward=r["pairs_per_forward"] if fast else None,
+                    image_width=width, image_height=height, prompt_tokens=round(tokens["prompt"]) - image.tokens,
+                    answer_tokens=round(max(tokens["chosen"], tokens["rejected"])), epochs=5)
+                variant = r["variant"]
+                if fast and ":" not in variant:  # the first reports named the packing only in pairs_per_forward
+                    variant = f"{variant}:{r['pairs_per_forward']}"
+                label = f"{source} {name} {variant}"
+                rows.append(dict(label=label, source=source, model=name, settings=settings,
+                                 gib=r["peak_reserved_gib"], seconds=r["s_per_pair"]))
+    return rows
+
+
+def design_rows() -> list[dict]:
+    from vlmpref.models.estimate import RunSettings
+
+    return [dict(label=f"DESIGN.md {name} {changes or 'recipe'}", source="DESIGN.md", model=name,
+                 settings=RunSettings(prompt_tokens=16, answer_tokens=110, **changes), gib=gib, seconds=seconds)
+            for name, changes, gib, seconds in DESIGN_ROWS]
+
+
+@functools.lru_cache(maxsize=None)
+def _shape(name: str):
+    from vlmpref.models.shapes import describe_model
+
+    return describe_model(name)
+
+
+def _estimates(rows: list[dict]) -> list:
+    from vlmpref.models.estimate import estimate
+
+    return [estimate(_shape(r["model"]), r["settings"], "h200") for r in rows]
+
+
+def compare(rows: list[dict], no_time: str | None = None) -> None:
+    """Print estimate against measurement as a markdown table."""
+    print("| row | measured GiB | estimate GiB | error | measured s/pair | estimate s/pair | error | peak during |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r, est in zip(rows, _estimates(rows)):
+        timed = not (no_time and re.search(no_time, r["label"]))
+        error = _pct(est.seconds_per_pair, r["seconds"]).strip() if timed else "n/a"
+        seconds = f"{r['seconds']:.2f}" if timed else f"({r['seconds']:.2f})"
+        seconds = f"{seconds} | {est.seconds_per_pair:.2f} | {error}"
+        print(f"| {r['label']} | {r['gib']:.2f} | {est.memory.reserved_gib:.2f} | "
+              f"{_pct(est.memory.reserved_gib, r['gib']).strip()} | {seconds} | {est.memory.peak_phase} |")
+
+
+def _set(key: tuple, value: float) -> None:
     from vlmpref.models.estimate import CALIBRATION as cal
 
-    records = [r for p in paths for r in json.loads(Path(p).read_text())
-               if r.get("status") == "ok" and r["measured"].get("peak_reserved_gib")]
-    if not records:
-        sys.exit("no measured GPU records in " + ", ".join(paths))
-    # memory: measured - (weights + adapter + inputs) = (1 + fragmentation) * activations + image_blocks * block + fixed
-    rows, target = [], []
-    for r in records:
-        parts = r["estimate"]["parts_gib"]
-        base = parts["weights"] + parts["adapter + gradients + AdamW"] + parts["inputs and log-prob chunks"]
-        rows.append([parts["activations"], r["estimate"]["image_block_gib"], 1.0])
-        target.append(r["measured"]["peak_reserved_gib"] - base)
-    coef, *_ = np.linalg.lstsq(np.array(rows), np.array(target), rcond=None)
-    print(f"memory: fragmentation {coef[0] - 1:.3f} (now {cal['fragmentation']}), image_blocks {coef[1]:.2f} "
-          f"(now {cal['image_blocks']}), allocator_fixed_gib {coef[2]:.3f} (now {cal['allocator_fixed_gib']})")
-    for r, p, t in zip(records, np.array(rows) @ coef, target):
-        measured = r["measured"]["peak_reserved_gib"]
-        print(f"  {r['setting']:52s} measured {measured:6.2f} refit {measured - t + p:6.2f} "
-              f"{_pct(measured - t + p, measured)} (before {_pct(r['estimate']['reserved_gib'], measured)})")
-    # time: host-bound runs give seconds per micro-step = base + adapted modules * per-module cost (DoRA, LoRA)
-    host = [r for r in records if r["estimate"]["bound"].startswith("host")]
-    for dora in (True, False):
-        runs = [r for r in host if {**RECIPE, **r["overrides"]}["use_dora"] == dora]
-        if len(runs) < 2:
-            continue
-        x = np.array([[1.0, r["estimate"]["adapted_modules"]] for r in runs])
-        y = np.array([r["measured"]["seconds_per_pair"] * {**RECIPE, **r["overrides"]}["per_device_train_batch_size"]
-                      for r in runs])
-        (base, per_module), *_ = np.linalg.lstsq(x, y, rcond=None)
-        print(f"host time ({'DoRA' if dora else 'LoRA'}): {base:.3f} s per step + {per_module * 1e3:.2f} ms per "
-              f"adapted module (now {cal['step_overhead_s']['trl']} + "
-              f"{cal['module_overhead_s'][('trl', dora)] * 1e3:.2f})")
-    gpu = [r for r in records if not r["estimate"]["bound"].startswith("host")]
-    if gpu:
-        ratios = sorted(r["measured"]["seconds_per_pair"] / r["estimate"]["seconds_per_pair"] for r in gpu)
-        print(f"GPU-bound runs: measured / estimated time, median {ratios[len(ratios) // 2]:.2f} "
-              f"(divide matmul_efficiency and multiply bytes_per_activation_byte by it)")
+    if len(key) == 1:
+        cal[key[0]] = value
+    elif len(key) == 2:
+        cal[key[0]] = tuple(value if i == key[1] else v for i, v in enumerate(cal[key[0]]))
+    else:
+        cal[key[0]][key[1]] = tuple(value if i == key[2] else v for i, v in enumerate(cal[key[0]][key[1]]))
+
+
+def _get(key: tuple) -> float:
+    from vlmpref.models.estimate import CALIBRATION as cal
+
+    value = cal[key[0]]
+    for part in key[1:]:
+        value = value[part]
+    return value
+
+
+def fit(rows: list[dict]) -> None:
+    """Refit the memory coefficients in FIT_BOUNDS: the smallest largest |estimate / measured - 1| over `rows`
+    (SLSQP on the epigraph form), staying near the current values; prints them and the rows after the fit."""
+    import numpy as np
+    try:
+        from scipy.optimize import minimize
+    except ImportError:
+        sys.exit("--fit needs scipy (pip install scipy); --compare does not.")
+
+    keys = list(FIT_BOUNDS)
+    low, high = (np.array([FIT_BOUNDS[k][i] for k in keys], float) for i in (0, 1))
+    before = [_get(k) for k in keys]
+    now = np.clip(before, low, high)
+
+    def errors(y):
+        for key, value in zip(keys, low + (high - low) * y[:-1]):
+            _set(key, float(value))
+        return np.array([est.memory.reserved_gib / r["gib"] - 1 for r, est in zip(rows, _estimates(rows))])
+
+    start = (now - low) / (high - low)
+    result = minimize(lambda y: y[-1] + 1e-3 * np.sum((y[:-1] - start) ** 2), np.append(start, 0.2), method="SLSQP",
+                      bounds=[(0, 1)] * (len(keys) + 1),
+                      constraints=[dict(type="ineq", fun=lambda y: np.concatenate([y[-1] - errors(y),
+                                                                                   y[-1] + errors(y)]))],
+                      options=dict(maxiter=300, ftol=1e-7))
+    worst = np.max(np.abs(errors(result.x)))
+    print(f"memory coefficients ({result.message}; largest error {100 * worst:.1f}%):")
+    for key, value, old in zip(keys, low + (high - low) * result.x[:-1], before):
+        print(f"  {' '.join(map(str, key)):36s} {value:8.3f}  (now {old:g}, bounds {FIT_BOUNDS[key]})")
+    compare(rows)
 
 
 def main() -> None:
@@ -343,7 +457,13 @@ def main() -> None:
     parser.add_argument("--output", help="JSON file for the records (written after every setting).")
     parser.add_argument("--workdir", help="Folder for replicas, data and runs (default: a temporary folder).")
     parser.add_argument("--smoke", action="store_true", help="CPU check: tiny model, 1 step, no CUDA needed.")
-    parser.add_argument("--fit", nargs="+", metavar="JSON", help="Refit coefficients from measured JSON files.")
+    parser.add_argument("--compare", nargs="+", metavar="JSON", help="Print estimate against measurement for "
+                        "calibration records and bench_dpo.py reports, as a markdown table.")
+    parser.add_argument("--fit", nargs="+", metavar="JSON", help="Refit the memory coefficients to these files.")
+    parser.add_argument("--history", metavar="REGEX", help="Rows (by label) to leave out of --fit and --compare, "
+                        "e.g. runs measured before a change of the engine.")
+    parser.add_argument("--no-time", metavar="REGEX", help="Rows (by label) whose time is not comparable.")
+    parser.add_argument("--design", action="store_true", help="Add DESIGN.md's measured baseline rows.")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -351,8 +471,12 @@ def main() -> None:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         print("RESULT " + json.dumps(run_one(json.loads(args.child))), flush=True)
         return
-    if args.fit:
-        fit(args.fit)
+    if args.compare or args.fit:
+        rows = measured_rows(args.compare or args.fit)
+        if args.history:
+            rows = [r for r in rows if not re.search(args.history, r["label"])]
+        rows += design_rows() if args.design else []
+        fit(rows) if args.fit else compare(rows, args.no_time)
         return
     records = run_all(args)
     print_table(records)

@@ -41,3 +41,15 @@ def test_dpo_benchmark_smoke(tmp_path):
     assert results["fast-exact:2"]["tokens_per_pair"] < results["trl"]["tokens_per_pair"]
     assert results["fast-exact:2"]["one_time_seconds"] > 0  # the reference pass, computed once
     assert "pairs/s x" in result.stdout
+
+
+def test_memory_calibration_compares_a_benchmark_report():
+    """--compare turns a bench_dpo.py report into ESTIMATE_VS_MEASURED.md's rows (here section 1, rows 15-17)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "memory_calibration.py"), "--compare",
+                             str(ROOT / "benchmarks" / "results" / "h200-run2-256m.json")],
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| h200-run2-256m.json smolvlm-256m trl | 4.45 | 4.32 | -2.8% |" in result.stdout
+    assert "| h200-run2-256m.json smolvlm-256m fast-exact:2 | 3.93 | 4.24 | +7.8% |" in result.stdout
+    assert "| h200-run2-256m.json smolvlm-256m fast-lang:8 | 2.10 | 1.81 | -14.2% |" in result.stdout

@@ -1,5 +1,6 @@
 """Every shipped YAML under configs/ loads into TrainConfig, opens with the command that runs it, and has an estimate."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -35,3 +36,12 @@ def test_config_has_an_estimate_that_fits_a_12gb_card(path):
     cfg = config_io.resolve(EstimateConfig, flags={"gpu": "12gb", "as_json": True}, yaml_path=path)
     report = run_estimate(cfg)
     assert report["gpus"][0]["fits"], f"{path} does not fit 12 GiB"
+
+
+@pytest.mark.parametrize("path", [p for p in RUN_CONFIGS if "--answer-tokens 256`: " in p.read_text()],
+                         ids=lambda p: str(p.relative_to(CONFIGS)))
+def test_config_header_states_its_estimate(path):
+    documented = float(re.search(r"--answer-tokens 256`: ([\d.]+) GiB", path.read_text()).group(1))
+    cfg = config_io.resolve(EstimateConfig, flags={"gpu": "12gb", "answer_tokens": 256, "as_json": True},
+                            yaml_path=path)
+    assert round(run_estimate(cfg)["total_gib"], 1) == documented

@@ -104,18 +104,78 @@ def test_design_table_four_by_three_image_makes_1053_image_tokens(replica_2b):
     assert image.tiles * replica_2b.image_seq_len == 1053
 
 
-# DESIGN.md, "Measured baseline": TRL recipe on one H200, replicas, 640x480 images, 2 x 1210 tokens per pair
-@pytest.mark.parametrize("name,changes,measured_gib,measured_s", [
-    ("smolvlm-2.2b", {}, 7.12, 1.56),
-    ("smolvlm-2.2b", dict(use_dora=False), 6.83, 1.02),
-    ("smolvlm-2.2b", dict(batch_size=4), 19.71, 0.77),
-    ("smolvlm-2.2b", dict(image_longest_edge=384), 2.49, 1.51),
-    ("smolvlm-256m", {}, 4.45, 1.54),
+# DESIGN.md, "Measured baseline": TRL recipe on one H200, replicas, 640x480 images, 2 x 1210 tokens per pair;
+# the estimates are the ones benchmarks/ESTIMATE_VS_MEASURED.md documents (section 3)
+@pytest.mark.parametrize("name,changes,measured_gib,documented_gib,measured_s", [
+    ("smolvlm-2.2b", {}, 7.12, 6.85, 1.56),
+    ("smolvlm-2.2b", dict(use_dora=False), 6.83, 6.54, 1.02),
+    ("smolvlm-2.2b", dict(batch_size=4), 19.71, 19.31, 0.77),
+    ("smolvlm-2.2b", dict(image_longest_edge=384), 2.49, 2.70, 1.51),
+    ("smolvlm-256m", {}, 4.45, 4.30, 1.54),
 ])
-def test_estimate_is_within_15_percent_of_design_measurements(name, changes, measured_gib, measured_s):
+def test_estimate_matches_the_documented_design_rows(name, changes, measured_gib, documented_gib, measured_s):
     est = estimate(name, RunSettings(prompt_tokens=16, answer_tokens=110, **changes), "h200")
+    assert round(est.memory.reserved_gib, 2) == documented_gib
     assert est.memory.reserved_gib == pytest.approx(measured_gib, rel=0.15)
     assert est.seconds_per_pair == pytest.approx(measured_s, rel=0.25)
+
+
+# The H200 runs the coefficients are fitted to (ESTIMATE_VS_MEASURED.md, section 1): measured peak reserved GiB and
+# the documented estimate. calib-1: `vlmpref train --engine trl`, 1097-token prompts (14 without the image), 116-token
+# answers; bench_dpo.py: 2.2B prompts 1128 tokens (45 without the image), 256M 907 (45), answers 159 (run3: 160)
+CALIB = dict(prompt_tokens=14, answer_tokens=116)
+BENCH = dict(prompt_tokens=45, answer_tokens=159)
+RUN3 = dict(prompt_tokens=45, answer_tokens=160)
+
+
+def _fast(pairs, scope="all", tokens=BENCH):
+    return dict(engine="fast", pairs_per_forward=pairs, lora_scope=scope, **tokens)
+
+
+@pytest.mark.parametrize("name,settings,measured_gib,documented_gib", [
+    ("smolvlm-2.2b", CALIB, 6.01, 6.86),
+    ("smolvlm-2.2b", dict(lora_scope="language", **CALIB), 5.75, 6.56),
+    ("smolvlm-2.2b", dict(image_longest_edge=384, prompt_tokens=13, answer_tokens=116), 2.42, 2.71),
+    ("smolvlm-2.2b", BENCH, 7.12, 6.88),
+    ("smolvlm-2.2b", RUN3, 8.01, 6.88),
+    ("smolvlm-2.2b", _fast(1), 4.32, 4.73),
+    ("smolvlm-2.2b", _fast(2), 6.59, 6.78),
+    ("smolvlm-2.2b", _fast(2, tokens=RUN3), 7.21, 6.78),
+    ("smolvlm-2.2b", _fast(4), 10.72, 10.88),
+    ("smolvlm-2.2b", _fast(4, "language"), 3.83, 4.36),
+    ("smolvlm-2.2b", _fast(8, "language"), 6.27, 6.82),
+    ("smolvlm-2.2b", _fast(16, "language", RUN3), 13.67, 11.75),
+    ("smolvlm-256m", BENCH, 4.45, 4.32),
+    ("smolvlm-256m", _fast(2), 3.93, 4.24),
+    ("smolvlm-256m", _fast(8, "language"), 2.10, 1.81),
+], ids=lambda v: str(v) if not isinstance(v, dict) else None)
+def test_estimate_is_within_15_percent_of_the_h200_runs(name, settings, measured_gib, documented_gib):
+    est = estimate(name, RunSettings(**settings), "h200")
+    assert round(est.memory.reserved_gib, 2) == documented_gib
+    assert est.memory.reserved_gib == pytest.approx(measured_gib, rel=0.15)
+
+
+def test_fast_engine_packs_pairs_and_skips_the_vision_tower_with_the_cache(replica_2b):
+    one = estimate(replica_2b, RunSettings(engine="fast"), "h200")
+    assert one.sequence_tokens == 20 + 1083 + 2 * 120  # prompt + image | chosen | rejected, once per pair
+    assert one.memory.peak_phase == "backward (vision tower)"  # adapters on the vision tower: it runs with grad
+    four = estimate(replica_2b, RunSettings(engine="fast", pairs_per_forward=4), "h200")
+    assert four.memory.reserved > one.memory.reserved and four.seconds_per_pair < one.seconds_per_pair
+    cached = estimate(replica_2b, RunSettings(engine="fast", lora_scope="language", pairs_per_forward=4), "h200")
+    assert cached.settings.cached_images and cached.memory.peak_phase == "backward (language model)"
+    assert cached.memory.inputs < four.memory.inputs  # no pixels in the step, only cached features
+    assert not any("pairs per forward" in note for note in four.notes)
+    many = estimate(replica_2b, RunSettings(engine="fast", lora_scope="language", pairs_per_forward=16), "h200")
+    assert any("faster than linearly" in note for note in many.notes)
+
+
+def test_dora_stream_is_fp32_under_trl_and_bf16_in_the_fast_engine(replica_2b):
+    from vlmpref.models.estimate import stream_bytes
+
+    assert stream_bytes(replica_2b, RunSettings(engine="trl")) == (4, 4)  # PEFT's DoRA output stays fp32
+    assert stream_bytes(replica_2b, RunSettings(engine="trl", use_dora=False)) == (2, 4)
+    assert stream_bytes(replica_2b, RunSettings(engine="fast")) == (2, 4)  # the quantized SigLIP stays fp32
+    assert stream_bytes(replica_2b, RunSettings(engine="fast", quantization="none")) == (2, 2)
 
 
 def test_memory_grows_with_batch_tiles_and_answers(replica_2b):
@@ -158,6 +218,15 @@ def test_cli_estimate_prints_breakdown_and_time(capsys):
     for text in ("weights", "adapter + gradients + AdamW", "activations", "= GPU memory needed", "fits",
                  "1,000 pairs", "per epoch"):
         assert text in out
+
+
+def test_cli_estimate_takes_pairs_per_forward(capsys):
+    assert main(["estimate", "--model", "smolvlm-2.2b", "--gpu", "h200", "--engine", "fast", "--lora-scope",
+                 "language", "--pairs-per-forward", "8", "--as-json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    expected = estimate("smolvlm-2.2b", RunSettings(engine="fast", lora_scope="language", pairs_per_forward=8), "h200")
+    assert report["settings"]["pairs_per_forward"] == 8
+    assert report["reserved_gib"] == round(expected.memory.reserved_gib, 3)
 
 
 def test_cli_estimate_reads_a_train_config(capsys):

@@ -24,13 +24,16 @@ def test_preset_sets_its_values_on_train_config(name):
 
 @pytest.mark.parametrize("name", PRESETS)
 def test_preset_fits_its_budget_as_its_header_says(name):
-    """The header states the estimate for SmolVLM-Instruct 2.2B with 256-token answers; it must still hold."""
+    """The header states the estimate for SmolVLM-Instruct 2.2B with 256-token answers, for both engines; it must
+    still hold."""
     header = preset_path(name).read_text()
-    needs, budget = map(float, re.search(r"needs ([\d.]+) GiB of (\d+) GiB", header).groups())
-    settings = preset_settings(name, RunSettings(answer_tokens=256))
-    total = estimate("smolvlm-2.2b", settings, f"{int(budget)}gb").memory.total_gib
-    assert total == pytest.approx(needs, abs=0.1)
-    assert total <= 0.9 * budget
+    fast, budget, trl = re.search(r"needs ([\d.]+) GiB of (\d+) GiB with the fast engine \(the default\), ([\d.]+) GiB "
+                                  r"with --engine trl", header).groups()
+    for engine, needs in (("fast", float(fast)), ("trl", float(trl))):
+        settings = preset_settings(name, RunSettings(answer_tokens=256, engine=engine))
+        total = estimate("smolvlm-2.2b", settings, f"{budget}gb").memory.total_gib
+        assert total == pytest.approx(needs, abs=0.05), engine
+        assert total <= 0.9 * int(budget), engine
 
 
 def test_precedence_flags_over_yaml_over_preset_over_defaults(tmp_path):

@@ -9,14 +9,18 @@ and AdamW state, activations saved for backward, one layer's working set during 
 either engine:
 
 - trl: per pair, two sequences (prompt + image + answer) for the policy with gradients and the same two again
-  for the reference without; the vision tower runs on each sequence's image.
-- fast: one packed sequence (prompt + image | chosen | rejected) per pair, reference log-probs precomputed,
-  the vision tower once per pair, or not at all with the image-feature cache (adapters on the language
-  model only).
+  for the reference without; the vision tower runs on each sequence's image. PEFT's DoRA leaves its output in
+  fp32 under autocast, so the language model's stream is fp32.
+- fast: one packed sequence (prompt + image | chosen | rejected) per pair, `pairs_per_forward` pairs per
+  forward (one padded row each), reference log-probs computed once before training, the vision tower once
+  per pair with gradients (adapters on it) or not at all with the image-feature cache (adapters on the
+  language model only), log-probs only at answer tokens in 1024-row chunks, bf16 activations.
 
-Coefficients (bytes per token per layer) were read off allocation traces of real training steps and then
-scaled to measured peak reserved memory on an H200 (benchmarks/ESTIMATE_VS_MEASURED.md, refit with
-benchmarks/memory_calibration.py --fit). Time is FLOPs at a measured efficiency plus a per-step overhead.
+Coefficients (bytes per token per layer, the allocator's share) were read off allocation traces of real
+training steps and then fitted to peak reserved memory measured on an H200 for both engines
+(benchmarks/ESTIMATE_VS_MEASURED.md, refit with benchmarks/memory_calibration.py --fit). Time is FLOPs at a
+measured efficiency or the host's per-step overhead (kernel launches, the collator's CPU work per pair),
+whichever is longer.
 """
 
 from __future__ import annotations
@@ -37,35 +41,44 @@ Engine = Literal["trl", "fast"]
 # ---- calibration: the only numbers fitted to measurements; everything else is counted
 CALIBRATION = {
     # one layer's working set in backward (its recomputed activations and their gradients), bytes per token,
-    # as (per hidden unit, per intermediate unit)
-    "text_backward_dora": (40.0, 16.0),
-    "text_backward_lora": (24.0, 12.0),
-    "vision_backward_dora": (34.0, 12.0),  # fp32 residual stream (see stream_bytes)
-    "vision_backward_lora": (22.0, 12.0),
+    # as (per hidden unit, per intermediate unit), for a bf16 language-model stream and an fp32 vision stream;
+    # "lora" also serves layers without adapters. The language model's is fitted per engine: under trl it is
+    # PEFT's DoRA in an fp32 stream (the base matmul runs twice); the fast engine's (bf16, base output reused)
+    # comes out above a count of its saved tensors (~70 x hidden + 22 x intermediate), as its measured peaks
+    # grow faster than linearly with pairs per forward (benchmarks/ESTIMATE_VS_MEASURED.md)
+    "text_backward": {("trl", "dora"): (30.0, 16.0), ("trl", "lora"): (24.0, 12.0),  # fp32 stream: x 1.5
+                      ("fast", "dora"): (100.0, 16.0), ("fast", "lora"): (94.0, 12.0)},
+    "vision_backward": {"dora": (45.0, 9.5), "lora": (22.0, 12.0)},
     # one layer's forward without gradients (reference pass, frozen vision tower), bytes per token
     "text_forward": (6.0, 6.0),
-    "vision_forward": (16.0, 10.0),
+    "vision_forward": (10.0, 8.0),
     # activations saved per layer without gradient checkpointing, bytes per token
     "text_saved": (30.0, 16.0),
     "vision_saved": (30.0, 8.0),
+    # the fast engine's log-probs: bytes per row and vocabulary entry of one 1024-row chunk at its peak in
+    # backward (bf16 logits, their fp32 copy, log-softmax output and the gradients of both)
+    "logit_chunk_bytes": 14.0,
     # CUDA caching allocator, beyond live tensors: a share of the activations, blocks cached from the vision
     # tower's largest temporaries (this many fp32 intermediate-size tensors of one image), and a fixed part
-    "fragmentation": 0.07,
-    "image_blocks": 7.4,
-    "allocator_fixed_gib": 0.28,
+    "fragmentation": 0.045,
+    "image_blocks": 5.1,
+    "allocator_fixed_gib": 0.46,
     # outside torch's reserved memory: CUDA context, cuBLAS/cuDNN handles, kernels (counted only for "fits")
     "cuda_context_gib": 0.55,
-    # time: achieved share of the card's dense bf16 peak, and seconds of host overhead per optimizer micro-step
-    "matmul_efficiency": {"trl": 0.45, "fast": 0.45},
+    # time: achieved share of the card's dense bf16 peak, fitted per engine
+    "matmul_efficiency": {"trl": 0.45, "fast": 0.21},
     "bytes_per_activation_byte": 37.0,  # memory traffic per byte of activations written in one forward
     "bandwidth_efficiency": 0.8,
-    # host time per micro-step: a base part plus a part per adapted module (kernel launches: the run is
-    # launch-bound on fast GPUs), for DoRA and for LoRA
-    # (fast: a guess until measured: no reference pass per step, DoRA norms once per optimizer step)
-    "step_overhead_s": {"trl": 0.3, "fast": 0.2},
+    # host time per micro-step: a base part plus a part per adapted module (kernel launches: both engines are
+    # launch-bound on fast GPUs), for DoRA and for LoRA, plus the collator's CPU work per pair (image processing,
+    # tokens; dataloader_num_workers=0). fast LoRA: not measured, scaled from trl's LoRA/DoRA ratio
+    "step_overhead_s": {"trl": 0.215, "fast": 0.06},
+    "data_seconds_per_pair": 0.085,
     "module_overhead_s": {("trl", True): 5.06e-3, ("trl", False): 2.89e-3,
-                          ("fast", True): 2.9e-3, ("fast", False): 2.0e-3},
+                          ("fast", True): 4.9e-3, ("fast", False): 2.8e-3},
 }
+LOGIT_CHUNK_ROWS = 1024  # vlmpref.train.fast.forward.answer_token_logps
+TRL_LOGIT_COLUMNS = 32768  # TRL's fused LM head scores the vocabulary in chunks of this many columns
 
 
 @dataclass
@@ -222,19 +235,20 @@ def sequence_tokens(shape: ModelShape, settings: RunSettings, image: ImageTokens
 def stream_bytes(shape: ModelShape, settings: RunSettings) -> tuple[int, int]:
     """Bytes per value of the (language model, vision tower) residual streams.
 
-    trl runs under CUDA autocast: LayerNorm returns fp32 there and bitsandbytes layers cast their output back to
-    their input's dtype, so a quantized SigLIP tower carries an fp32 stream; plain bf16 layers keep bf16, and
-    the language model's RMSNorm casts back to bf16. The fast engine calls the decoder outside autocast: there
-    the fp32 DoRA magnitude (or the fp32 adapter over a bf16 base) promotes the language model's stream to fp32.
+    Both engines run the model under CUDA autocast. There LayerNorm returns fp32 and bitsandbytes layers cast their
+    output back to their input's dtype, so a quantized SigLIP tower carries an fp32 stream; plain bf16 layers keep
+    bf16. The language model's RMSNorm casts back to its input's dtype, so its stream stays bf16, except under TRL
+    with DoRA over a quantized base: PEFT leaves the DoRA output in the fp32 of the magnitude vector there, which
+    promotes the stream after the first layer. The fast engine's DoRA keeps the activation dtype (train/fast/dora.py).
     """
-    if settings.engine == "fast":
-        text_fp32 = settings.use_dora or settings.quantization == "none"
-        return (4 if text_fp32 else 2), 2
-    return 2, (4 if settings.quantization != "none" and shape.norm == "layernorm" else 2)
+    quantized = settings.quantization != "none"
+    vision = 4 if quantized and shape.norm == "layernorm" else 2
+    text = 4 if settings.engine == "trl" and settings.use_dora and quantized else 2
+    return text, vision
 
 
-def _per_token(key: str, hidden: int, intermediate: int, scale: float = 1.0) -> float:
-    per_hidden, per_intermediate = CALIBRATION[key]
+def _per_token(coefficients: tuple[float, float], hidden: int, intermediate: int, scale: float = 1.0) -> float:
+    per_hidden, per_intermediate = coefficients
     return scale * (per_hidden * hidden + per_intermediate * intermediate)
 
 
@@ -243,64 +257,76 @@ def estimate_memory(shape: ModelShape, settings: RunSettings, image: ImageTokens
     b = settings.pairs_in_forward
     seq = sequence_tokens(shape, settings, image)
     trl = settings.engine == "trl"
-    sequences = 2 * b if trl else b
+    sequences = 2 * b if trl else b  # TRL: chosen and rejected rows; fast: one packed row per pair
     text_tokens = sequences * seq
     # the vision tower sees every sequence's image (TRL duplicates it for chosen and rejected), or none when cached
     images = 0 if settings.cached_images else sequences
-    vision_tokens = images * image.tiles * shape.patches_per_tile
+    per_image = image.tiles * shape.patches_per_tile
+    vision_tokens = images * per_image
     vision_adapted = any(lin.part == "vision" for lin in adapted_linears(shape, settings))
     # gradient checkpointing makes transformers hook every embedding layer to require grad, so the vision tower
     # sits in the backward graph even when it has no adapters
     vision_grad = vision_tokens > 0 and (vision_adapted or settings.gradient_checkpointing)
-    kind = "dora" if settings.use_dora else "lora"
     t, v = shape.text, shape.vision
     text_stream, stream = stream_bytes(shape, settings)
-    fp32_scale = 1.0 if stream == 4 else 0.7  # a bf16 stream halves the fp32 tensors of the working set
-    text_scale = 1.0 if text_stream == 2 else 1.5  # an fp32 stream doubles the intermediates that follow it
+    vision_scale = 1.0 if stream == 4 else 0.7  # a bf16 vision stream halves the fp32 tensors of the working set
+    text_scale = 1.0 if text_stream == 2 else 1.5  # an fp32 stream doubles the tensors that follow it
 
     weights = weight_bytes(shape, settings.quantization)
     adapter = adapter_bytes(shape, settings)
 
-    # ---- inputs: pixel values (fp32) + their bf16 copy + the int64 pixel mask; log-prob chunks at completions
-    pixels = images * image.tiles * shape.tile**2
-    inputs = pixels * (3 * 4 + 3 * 2 + 8)
+    # ---- inputs: pixel values (fp32) + their bf16 copy + the int64 pixel mask; cached image features
+    pixel_bytes = image.tiles * shape.tile**2 * (3 * 4 + 3 * 2 + 8)  # of one image
+    inputs = images * pixel_bytes
     if settings.cached_images:
         inputs += b * image.tiles * shape.image_seq_len * t.hidden * 2
     completions = 2 * b * settings.answer_tokens  # chosen and rejected answers are scored
-    inputs += completions * min(shape.vocab, 4096 * 8) * 4 * 2
+    if trl:  # TRL's fused head: fp32 log-probs of every completion token against a slice of the vocabulary
+        inputs += completions * min(shape.vocab, TRL_LOGIT_COLUMNS) * 4 * 2
+        logits = 0.0
+    else:  # the fast engine: one chunk of answer rows against the whole vocabulary, recomputed in backward
+        logits = min(completions, LOGIT_CHUNK_ROWS) * shape.vocab * cal["logit_chunk_bytes"]
 
     # ---- activations
     if settings.gradient_checkpointing:
         saved_text = t.layers * text_tokens * t.hidden * text_stream
         saved_vision = v.layers * vision_tokens * v.hidden * stream if vision_grad else 0
     else:
-        saved_text = t.layers * text_tokens * _per_token("text_saved", t.hidden, t.intermediate, text_scale)
-        saved_vision = (v.layers * vision_tokens * _per_token("vision_saved", v.hidden, v.intermediate, fp32_scale)
-                        if vision_grad else 0)
-    work_text = text_tokens * _per_token(f"text_backward_{kind}", t.hidden, t.intermediate, text_scale)
+        saved_text = t.layers * text_tokens * _per_token(cal["text_saved"], t.hidden, t.intermediate, text_scale)
+        saved_vision = (v.layers * vision_tokens * _per_token(cal["vision_saved"], v.hidden, v.intermediate,
+                                                               vision_scale) if vision_grad else 0)
+    kind = "dora" if settings.use_dora else "lora"
+    work_text = text_tokens * _per_token(cal["text_backward"][settings.engine, kind], t.hidden, t.intermediate,
+                                         text_scale)
     vision_kind = kind if vision_adapted else "lora"
-    work_vision = (vision_tokens * _per_token(f"vision_backward_{vision_kind}", v.hidden, v.intermediate, fp32_scale)
-                   if vision_grad else 0)
+    work_vision = (vision_tokens * _per_token(cal["vision_backward"][vision_kind], v.hidden, v.intermediate,
+                                              vision_scale) if vision_grad else 0)
     if not settings.gradient_checkpointing:  # the layer's own saved activations are part of its working set
         work_text *= 0.5
         work_vision *= 0.5
-    # the fast engine takes DoRA's weight norms once per optimizer step, before activations pile up
+    # TRL's DoRA rebuilds each weight on every forward; the fast engine takes the norms once per optimizer step,
+    # before activations pile up
     dora = _dora_transient(shape, settings) if trl else {"text": 0, "vision": 0}
-    forward_text = text_tokens * _per_token("text_forward", t.hidden, t.intermediate, text_scale)
-    forward_vision = vision_tokens * _per_token("vision_forward", v.hidden, v.intermediate, fp32_scale)
+    forward_text = text_tokens * _per_token(cal["text_forward"], t.hidden, t.intermediate, text_scale)
+    forward_vision = vision_tokens * _per_token(cal["vision_forward"], v.hidden, v.intermediate, vision_scale)
 
     phases = {
-        # backward runs the text layers first (their saved inputs still alive), the vision tower last
+        # backward runs the log-probs first, then the text layers (their saved inputs still alive), the vision
+        # tower last
+        "backward (log-probs)": saved_vision + saved_text + logits,
         "backward (language model)": saved_vision + saved_text + work_text + dora["text"],
         "backward (vision tower)": saved_vision + work_vision + dora["vision"],
-        # TRL's reference pass runs after the policy forward, with everything the policy saved still alive
-        "reference forward": saved_vision + saved_text + max(forward_text, forward_vision) if trl else 0,
         "vision forward": forward_vision,
     }
+    if trl:  # TRL's reference pass runs after the policy forward, with everything the policy saved still alive
+        phases["reference forward"] = saved_vision + saved_text + max(forward_text, forward_vision)
+    else:  # reference log-probs once before training, without gradients; with the cache, images one at a time
+        one_image = per_image * _per_token(cal["vision_forward"], v.hidden, v.intermediate, vision_scale)
+        phases["reference pass (once)"] = max(forward_text, forward_vision or one_image) + (
+            b * pixel_bytes if settings.cached_images else 0)
     phase = max(phases, key=phases.get)
     activations = int(phases[phase])
-    image_blocks = (cal["image_blocks"] * image.tiles * shape.patches_per_tile * v.intermediate * 4
-                    if vision_tokens else 0)
+    image_blocks = cal["image_blocks"] * per_image * v.intermediate * 4 if vision_tokens else 0
     allocator = int(cal["fragmentation"] * activations + image_blocks + cal["allocator_fixed_gib"] * GIB)
     return Memory(weights=weights, adapter=adapter, activations=activations, inputs=int(inputs),
                   allocator=allocator, cuda_context=int(cal["cuda_context_gib"] * GIB), peak_phase=phase)
@@ -323,17 +349,18 @@ def _dora_transient(shape: ModelShape, settings: RunSettings) -> dict[str, int]:
 # ---- time
 
 
-def flops_per_pair(shape: ModelShape, settings: RunSettings, image: ImageTokens) -> tuple[float, float]:
-    """(matmul FLOPs, activation bytes written by one forward) of one training pair, reference included."""
+def flops_per_pair(shape: ModelShape, settings: RunSettings, image: ImageTokens) -> tuple[float, float, float]:
+    """(matmul FLOPs of one training pair's step, reference included; FLOPs of the work the fast engine does once
+    per pair for the whole run (reference log-probs, image features); activation bytes written by one forward)."""
     seq = sequence_tokens(shape, settings, image)
     trl = settings.engine == "trl"
     sequences = 2 if trl else 1
     text_tokens = sequences * seq
     t, v = shape.text, shape.vision
     per_image = image.tiles * shape.patches_per_tile  # vision-tower tokens of one image
-    # PEFT's DoRA runs the base matmul a second time, on the dropped-out input
+    # PEFT's DoRA runs the base matmul a second time, on the dropped-out input (the fast engine reuses the first)
     dora_params = {"text": 0, "vision": 0}
-    for lin in adapted_linears(shape, settings) if settings.use_dora else []:
+    for lin in adapted_linears(shape, settings) if settings.use_dora and trl else []:
         dora_params["vision" if lin.part == "vision" else "text"] += lin.numel
     attn_text = 4 * t.layers * seq * t.hidden / 2  # QK^T and AV over a causal half of the sequence
     attn_vision = 4 * v.layers * shape.patches_per_tile * v.hidden
@@ -347,33 +374,40 @@ def flops_per_pair(shape: ModelShape, settings: RunSettings, image: ImageTokens)
     vision_in_backward = settings.lora_scope == "all" or settings.gradient_checkpointing
     policy = passes * (text + head + dora_text)
     if settings.cached_images:  # encoded once for the whole run
-        vision = vision_one / settings.epochs
+        vision, once = 0.0, vision_one
     else:
         vision = sequences * ((passes if vision_in_backward else 1) * vision_one + passes * dora_vision)
+        once = 0.0
     if trl:  # the reference forward, every step
         reference = text + head + sequences * vision_one
     else:  # reference log-probs once for the whole run
-        reference = (text + head + (0 if settings.cached_images else vision_one)) / settings.epochs
-    act_bytes = (t.layers * text_tokens * _per_token("text_saved", t.hidden, t.intermediate)
+        reference = 0.0
+        once += text + head + (0 if settings.cached_images else vision_one)
+    act_bytes = (t.layers * text_tokens * _per_token(CALIBRATION["text_saved"], t.hidden, t.intermediate)
                  + v.layers * (0 if settings.cached_images else sequences * per_image)
-                 * _per_token("vision_saved", v.hidden, v.intermediate))
-    return policy + vision + reference, act_bytes
+                 * _per_token(CALIBRATION["vision_saved"], v.hidden, v.intermediate))
+    return policy + vision + reference, once, act_bytes
 
 
 def seconds_per_pair(shape: ModelShape, settings: RunSettings, image: ImageTokens, gpu: Gpu) -> tuple[float, str, float]:
     cal = CALIBRATION
-    flops, act_bytes = flops_per_pair(shape, settings, image)
-    compute = flops / (gpu.bf16_tflops * 1e12 * cal["matmul_efficiency"][settings.engine])
+    flops, once_flops, act_bytes = flops_per_pair(shape, settings, image)
+    rate = gpu.bf16_tflops * 1e12 * cal["matmul_efficiency"][settings.engine]
+    compute = flops / rate
     traffic = act_bytes * cal["bytes_per_activation_byte"] / (gpu.bandwidth_gbs * 1e9 * cal["bandwidth_efficiency"])
     pairs = settings.pairs_in_forward
     gpu_seconds = (compute + traffic) * pairs
     modules = len(adapted_linears(shape, settings))
-    host_seconds = (cal["step_overhead_s"][settings.engine]
-                    + modules * cal["module_overhead_s"][(settings.engine, settings.use_dora)])
+    launches = (cal["step_overhead_s"][settings.engine]
+                + modules * cal["module_overhead_s"][(settings.engine, settings.use_dora)])
+    # the collator prepares every pair's image and tokens on the CPU, in the training process
+    host_seconds = launches + pairs * cal["data_seconds_per_pair"]
     step = max(gpu_seconds, host_seconds)
+    # the fast engine's once-per-run passes (a forward per micro-batch, no backward), spread over the epochs
+    once = max(once_flops * pairs / rate, launches / 3 + pairs * cal["data_seconds_per_pair"]) if once_flops else 0.0
     bound = "host overhead (kernel launches)" if host_seconds >= gpu_seconds else (
         "GPU compute" if compute >= traffic else "GPU memory bandwidth")
-    return step / pairs, bound, flops
+    return (step + once / settings.epochs) / pairs, bound, flops
 
 
 # ---- the whole estimate
@@ -391,9 +425,10 @@ def estimate(model: str | ModelShape, settings: RunSettings, gpu: str | Gpu = "h
     notes = []
     if gpu.note:
         notes.append(f"{gpu.name}: {gpu.note}.")
-    if settings.engine == "fast":
-        notes.append("the fast engine's coefficients are not yet fitted to GPU measurements (only the trl "
-                     "engine's are; benchmarks/ESTIMATE_VS_MEASURED.md); add --engine trl for the calibrated case.")
+    if settings.engine == "fast" and settings.pairs_in_forward > 8:
+        notes.append(f"{settings.pairs_in_forward} pairs per forward: measured peaks grow faster than linearly "
+                     "beyond 8 pairs (at 16 the estimate was 14% below the measured peak); keep a margin "
+                     "(benchmarks/ESTIMATE_VS_MEASURED.md).")
     return Estimate(shape=shape, settings=settings, gpu=gpu, image=image,
                     sequence_tokens=sequence_tokens(shape, settings, image), trainable_params=lora + magnitude,
                     memory=memory, flops_per_pair=flops, seconds_per_pair=per_pair, bound=bound, notes=notes)
