@@ -89,10 +89,14 @@ def _content_parts(content: Any, what: str) -> list[dict]:
 
 def _messages(value: Any, what: str, default_role: str) -> list[dict]:
     """Chat messages in the typed-content form; a plain string becomes one message of `default_role`."""
+    if isinstance(value, (bytes, bytearray)):
+        value = _text(value, what)
     if isinstance(value, str):
         return [{"role": default_role, "content": [{"type": "text", "text": _text(value, what)}]}]
-    if not isinstance(value, list) or not value:
-        raise RowProblem(f"{what} must be text or a non-empty list of messages")
+    if not isinstance(value, list):
+        raise RowProblem(f"{what} must be text or a list of messages, not {type(value).__name__}")
+    if not value:
+        raise RowProblem(f"{what} is an empty list of messages")
     out = []
     for message in value:
         if not isinstance(message, dict) or "role" not in message or "content" not in message:

@@ -67,9 +67,12 @@ def _first_bad_line(path: Path) -> str | None:
                         f"{exc.start + 1}); re-save the file as UTF-8 or remove that line")
             if path.suffix.lower() == ".jsonl" and text.strip():
                 try:
-                    json.loads(text)
+                    json.dumps(json.loads(text), ensure_ascii=False).encode("utf-8")
                 except json.JSONDecodeError as exc:
                     return f"line {number} is not valid JSON ({exc.msg}); fix or remove that line"
+                except UnicodeEncodeError:
+                    return (f"line {number} holds an escaped character that is not valid Unicode (a lone "
+                            "surrogate such as \\ud800); fix or remove that line")
     if path.suffix.lower() == ".json":
         try:
             json.loads(path.read_text(encoding="utf-8"))
@@ -96,8 +99,8 @@ def _load_files(path: Path, split: str, builder: str | None = None) -> Dataset:
             if problem:
                 raise VlmprefError(f"Cannot read dataset file {file}: {problem}.") from None
         cause = exc.__cause__ or exc
-        raise VlmprefError(f"Cannot read dataset {path}: {type(cause).__name__}: "
-                           f"{str(cause).splitlines()[0][:200]}.") from None
+        raise VlmprefError(f"Cannot read dataset {path} ({type(cause).__name__}: {str(cause).splitlines()[0][:200]}); "
+                           "check that it is valid JSON Lines, JSON, CSV or Parquet.") from None
 
 
 def load_raw(dataset: str, split: str = "train") -> Dataset:
