@@ -241,10 +241,19 @@ def normalize(dataset: Dataset, where: str, base: Path | None = None, allow_outs
     features = Features({**OUTPUT_FEATURES, **passthrough})
     if num_proc is not None and num_proc > 1 and len(dataset) < 64 * num_proc:
         num_proc = None  # starting worker processes costs more than it saves on small data
-    mapped = dataset.map(
-        _normalize_batch, batched=True, batch_size=64, with_indices=True, remove_columns=consumed,
-        features=features, num_proc=num_proc, desc="Checking and converting rows to RGB",
-        fn_kwargs=dict(columns=columns, base=base, allow_outside_paths=allow_outside_paths, max_pixels=max_pixels))
+    try:
+        mapped = dataset.map(
+            _normalize_batch, batched=True, batch_size=64, with_indices=True, remove_columns=consumed,
+            features=features, num_proc=num_proc, desc="Checking and converting rows to RGB",
+            fn_kwargs=dict(columns=columns, base=base, allow_outside_paths=allow_outside_paths,
+                           max_pixels=max_pixels))
+    except (TypeError, ValueError) as exc:
+        # Extra columns are carried along as Arrow stores them; a few shapes do not survive the trip back
+        # (struct keys with control characters, say). Our own columns are built to fit OUTPUT_FEATURES.
+        if not passthrough or "cast" not in str(exc).lower():
+            raise
+        raise VlmprefError(f"{where}: its extra column(s) {', '.join(passthrough)} cannot be carried along as stored "
+                           f"({str(exc).splitlines()[0]}); remove those columns or give each a plain type.") from None
     copies = _duplicates(mapped["content_key"], mapped["problem"])
     dropped = set(copies) if duplicates == "set_aside" else set()
     # filter() only writes an index mapping, so the images are not copied again

@@ -136,8 +136,15 @@ def out_of_memory_error(cfg, rows, processor, device: torch.device, step: int, c
     """The message for a CUDA out-of-memory during training: what was in use, ways to fit, what is kept."""
     total = torch.cuda.get_device_properties(device).total_memory
     peak = torch.cuda.max_memory_reserved(device)
-    kept = (f"the last checkpoint, {checkpoint}, is kept; `vlmpref train --resume {output_dir} --gradient-checkpointing` "
-            "or `--pairs-per-forward 1` continues it with less memory" if checkpoint else "no checkpoint was written yet")
+    kept = "no checkpoint was written yet"
+    if checkpoint:
+        kept = f"the last checkpoint, {checkpoint}, is kept"
+        # options a resumed run may change that also lower memory
+        lighter = ([] if cfg.gradient_checkpointing else ["--gradient-checkpointing"]) + (
+            ["--pairs-per-forward 1"] if cfg.engine == "fast" and (cfg.pairs_per_forward or
+                                                                   cfg.per_device_train_batch_size) > 1 else [])
+        if lighter:
+            kept += f" (`vlmpref train --resume {output_dir} {' '.join(lighter)}` continues it with less memory)"
     ways = ""
     try:
         shape = describe_model(cfg.model, cfg.trust_remote_code)
