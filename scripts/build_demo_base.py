@@ -97,7 +97,8 @@ def main():
             row["chosen"], row["rejected"] = wrong, row["chosen"]
     from datasets import Dataset
 
-    rows, set_aside = normalize(Dataset.from_list(raw), where="pretraining data")
+    # Repeated questions about one scene are real training signal here, so duplicates stay in
+    rows, set_aside, _ = normalize(Dataset.from_list(raw), where="pretraining data", duplicates="keep")
     assert len(set_aside) == 0, set_aside[:5]
     rows = [r for r in rows]
     print(f"{len(rows)} SFT rows from {len(scenes)} scenes")

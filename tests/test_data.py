@@ -107,7 +107,7 @@ def test_image_modes_are_converted_to_rgb(tmp_path):
     rgba = Image.new("RGBA", (8, 8), (255, 0, 0, 0))  # fully transparent: composited on white
     gray = Image.new("L", (8, 8), 100)
     palette = Image.new("RGB", (8, 8), (0, 255, 0)).convert("P")
-    cmyk = Image.new("CMYK", (8, 8), (0, 0, 0, 0))
+    cmyk = Image.new("CMYK", (8, 8), (0, 0, 0, 255))  # black: white would duplicate the RGBA row
     rows = [_messages_row({"bytes": _png(im) if im.mode != "CMYK" else _jpeg(im), "path": None})
             for im in (rgba, gray, palette, cmyk)]
     ds = datasets.Dataset.from_list(rows)

@@ -41,7 +41,7 @@ def _cmd_demo(cfg):
 
 
 def _cmd_train(cfg):
-    from vlmpref.train.reporting import summary_line
+    from vlmpref.train.reporting import interrupted_line, summary_line
     from vlmpref.train.run import train
 
     callbacks = None
@@ -50,6 +50,9 @@ def _cmd_train(cfg):
 
         callbacks = [HeldOutEvalCallback()]  # held-out metrics to eval_log.jsonl and TensorBoard
     result = train(cfg, callbacks=callbacks)
+    if result.interrupted:  # a clean stop on SIGINT/SIGTERM: exit 0, say how to continue
+        print(interrupted_line(result.summary, result.output_dir, result.checkpoint))
+        return
     final = {k: v for k, v in result.summary["final_log"].items() if k != "log_history"}
     if final:
         print(json.dumps(final))

@@ -161,12 +161,15 @@ def resolve(cls: type, flags: dict[str, Any] | None = None, yaml_path: str | Pat
     hints = _field_types(cls)
     values: dict[str, Any] = {}
     borrowed = set(getattr(cls, "borrowed_keys", ()))
+    given = {**(flags or {}), **overrides}
+    check_keys(cls, given, "the arguments")
+    resume = given.get("resume") if "resume" in hints else None
+    if resume:  # the run's saved options take the place of a YAML file
+        yaml_path = _resume_file(cls, resume, yaml_path)
     from_yaml: dict[str, Any] = {}
     if yaml_path:
         from_yaml = {k: v for k, v in read_yaml(yaml_path).items() if k in hints or k not in borrowed}
         check_keys(cls, from_yaml, f"config file {yaml_path}")
-    given = {**(flags or {}), **overrides}
-    check_keys(cls, given, "the arguments")
     preset = given.get("preset") or from_yaml.get("preset")
     if preset and "preset" in hints:
 
@@ -174,14 +177,30 @@ def resolve(cls: type, flags: dict[str, Any] | None = None, yaml_path: str | Pat
         from_preset = {k: v for k, v in preset_values(preset).items() if k in hints or k not in borrowed}
         check_keys(cls, from_preset, source)
         values.update({k: _coerce(k, hints[k], v, source) for k, v in from_preset.items()})
+    if resume:  # the saved options describe the run; where it lives is where it is now
+        from_yaml = {k: v for k, v in from_yaml.items() if k not in ("overwrite", "config", "resume")}
+        from_yaml["output_dir"] = str(resume)
     values.update({k: _coerce(k, hints[k], v, f"config file {yaml_path}") for k, v in from_yaml.items()})
     values.update(given)
-    if "config" in hints and yaml_path:
+    if "config" in hints and yaml_path and not resume:
         values["config"] = str(yaml_path)
     try:
         return cls(**values)
     except TypeError as exc:  # a required field left out
         raise VlmprefError(f"{exc}; give it as a flag or in the YAML file.") from None
+
+
+def _resume_file(cls: type, folder: str, yaml_path: str | Path | None) -> Path:
+    """The config a run saved in `folder` (`cls.resume_file`), which `--resume` continues with."""
+    if yaml_path:
+        raise VlmprefError("--resume continues a run with the options it saved; leave out --config.")
+    path = Path(folder) / cls.resume_file
+    if not Path(folder).is_dir():
+        raise VlmprefError(f"--resume {folder}: no such folder; give the --output-dir of the run to continue.")
+    if not path.is_file():
+        raise VlmprefError(f"{folder} holds no {cls.resume_file}, so no run was started there; start one with "
+                           f"--output-dir {folder} (add --overwrite if the folder is not empty).")
+    return path
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

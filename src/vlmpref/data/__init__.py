@@ -11,20 +11,27 @@ from __future__ import annotations
 import collections
 import json
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from datasets import Dataset
+from datasets import Dataset, concatenate_datasets
 
 from vlmpref.data.images import DEFAULT_MAX_PIXELS
 from vlmpref.data.normalize import normalize
 from vlmpref.data.sources import base_folder, load_raw
+from vlmpref.errors import VlmprefError
 
 __all__ = ["PreferenceData", "load_preference_data", "default_num_proc"]
 
 
 def default_num_proc() -> int:
     return max(1, min(8, (os.cpu_count() or 1)))
+
+
+def reason_kind(reason: str) -> str:
+    """A reason without its particulars (paths, numbers), so that like problems are counted together."""
+    return re.sub(r"\d+", "N", re.sub(r"'[^']*'", "'...'", reason))
 
 
 @dataclass
@@ -35,21 +42,51 @@ class PreferenceData:
     set_aside: Dataset  # columns: row_id, problem
     source: str
     split: str
+    kept_with_changes: collections.Counter = field(default_factory=collections.Counter)  # what -> rows
 
     @property
     def total(self) -> int:
         return len(self.dataset) + len(self.set_aside)
 
     def reasons(self) -> collections.Counter:
-        return collections.Counter(self.set_aside["problem"]) if len(self.set_aside) else collections.Counter()
+        """Set-aside rows by kind of problem."""
+        if not len(self.set_aside):
+            return collections.Counter()
+        return collections.Counter(reason_kind(p) for p in self.set_aside["problem"])
 
     def summary(self) -> str:
-        line = f"{len(self.dataset)} rows used, {len(self.set_aside)} set aside"
+        line = f"{len(self.dataset)} rows used"
+        if self.kept_with_changes:
+            line += " (" + "; ".join(f"{n} {what}" for what, n in self.kept_with_changes.most_common()) + ")"
+        line += f", {len(self.set_aside)} set aside"
         if len(self.set_aside):
             top = "; ".join(f"{n} x {reason}" for reason, n in self.reasons().most_common(3))
             more = len(self.reasons()) - 3
-            line += f" ({top}{f'; {more} more reasons' if more > 0 else ''})"
+            line += f" ({top}{f'; {more} more kinds of problem' if more > 0 else ''})"
         return f"{self.source} [{self.split}]: {line}"
+
+    def set_aside_rows(self, problems: dict[int, str]) -> None:
+        """Move the usable rows at these positions (position -> reason) to the set-aside rows."""
+        if not problems:
+            return
+        row_ids = self.dataset["row_id"]
+        moved = Dataset.from_dict({"row_id": [row_ids[i] for i in problems],
+                                   "problem": list(problems.values())}, features=self.set_aside.features)
+        self.dataset = self.dataset.select([i for i in range(len(self.dataset)) if i not in problems])
+        self.set_aside = concatenate_datasets([self.set_aside, moved]).sort("row_id")
+
+    def check_share(self, max_fraction: float, record: str | Path) -> None:
+        """Stop when more than `max_fraction` of the rows were set aside (or none is usable)."""
+        if not len(self.dataset):
+            raise VlmprefError(f"No usable rows in {self.source} [{self.split}]; see {record} for the reason each "
+                               "row was set aside.")
+        share = len(self.set_aside) / max(1, self.total)
+        if share > max_fraction:
+            common = "; ".join(f"{n} x {r}" for r, n in self.reasons().most_common(2))
+            raise VlmprefError(f"{len(self.set_aside)} of {self.total} rows ({share:.0%}) of {self.source} "
+                               f"[{self.split}] were set aside ({common}), more than --max-set-aside-fraction "
+                               f"{max_fraction:g} allows; fix the data (every reason is in {record}) or raise "
+                               "--max-set-aside-fraction.")
 
     def write_set_aside(self, path: str | Path) -> Path | None:
         """Write one JSON line per set-aside row (row_id, reason); nothing is dropped without a record."""
@@ -66,10 +103,17 @@ class PreferenceData:
 
 def load_preference_data(dataset: str, split: str = "train", num_proc: int | None = None,
                          allow_outside_paths: bool = False, max_image_pixels: int = DEFAULT_MAX_PIXELS,
-                         ) -> PreferenceData:
-    """Load `dataset` the way `vlmpref train` does: open, check every row, convert images to RGB."""
+                         keep_duplicates: bool = False) -> PreferenceData:
+    """Load `dataset` the way `vlmpref train` does: open, check every row, convert images to RGB.
+
+    Exact duplicate rows after the first are set aside ("duplicate of row N"), or kept and counted with
+    `keep_duplicates=True`.
+    """
     raw = load_raw(dataset, split)
-    usable, set_aside = normalize(raw, where=f"Dataset {dataset} [{split}]", base=base_folder(dataset),
-                                  allow_outside_paths=allow_outside_paths, max_pixels=max_image_pixels,
-                                  num_proc=default_num_proc() if num_proc is None else num_proc)
-    return PreferenceData(dataset=usable, set_aside=set_aside, source=dataset, split=split)
+    usable, set_aside, kept = normalize(raw, where=f"Dataset {dataset} [{split}]", base=base_folder(dataset),
+                                        allow_outside_paths=allow_outside_paths, max_pixels=max_image_pixels,
+                                        num_proc=default_num_proc() if num_proc is None else num_proc,
+                                        duplicates="keep" if keep_duplicates else "set_aside")
+    changes = collections.Counter({"duplicates kept": kept} if kept else {})
+    return PreferenceData(dataset=usable, set_aside=set_aside, source=dataset, split=split,
+                          kept_with_changes=changes)

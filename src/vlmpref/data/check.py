@@ -38,6 +38,9 @@ class DataCheckConfig:
     allow_outside_paths: bool = field(default=False, metadata={
         "help": "Allow image paths to point outside the dataset's folder."})
     max_image_pixels: int = field(default=DEFAULT_MAX_PIXELS, metadata={"help": "Refuse images with more pixels."})
+    keep_duplicates: bool = field(default=False, metadata={
+        "help": "Count exact duplicate rows as usable, as `train --keep-duplicates` does; by default every copy "
+                "after the first is set aside."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow the model's own processor code to run."})
 
     def __post_init__(self):
@@ -107,12 +110,14 @@ def token_stats(processor, rows, limit: int) -> dict:
 def run_check(cfg: DataCheckConfig, processor=None) -> dict:
     """The report as a dict; `processor` (the --model's, loaded by the caller) adds token counts."""
     data = load_preference_data(cfg.dataset, cfg.split, num_proc=cfg.num_proc,
-                                allow_outside_paths=cfg.allow_outside_paths, max_image_pixels=cfg.max_image_pixels)
+                                allow_outside_paths=cfg.allow_outside_paths, max_image_pixels=cfg.max_image_pixels,
+                                keep_duplicates=cfg.keep_duplicates)
     raw = load_raw(cfg.dataset, cfg.split)
     image_col = find_columns(raw.column_names, cfg.dataset)[0]
     report = {
         "dataset": cfg.dataset, "split": cfg.split, "rows": data.total, "rows_used": len(data.dataset),
         "rows_set_aside": len(data.set_aside), "set_aside_reasons": dict(data.reasons()),
+        "rows_kept_with_changes": dict(data.kept_with_changes),
         "columns": {name: str(feature) for name, feature in raw.features.items()},
         "images": _stored_image_stats(raw, image_col, base_folder(cfg.dataset)),
         "problem_rows": [{"row_id": r["row_id"], "reason": r["problem"]} for r in data.set_aside],

@@ -26,10 +26,11 @@ def _open(value: Any, base: Path | None, allow_outside: bool) -> Image.Image:
     if isinstance(value, Image.Image):
         return value
     if isinstance(value, dict):
-        if value.get("bytes"):
-            return Image.open(io.BytesIO(value["bytes"]))
-        if value.get("path"):
-            return _open_path(value["path"], base, allow_outside=True)  # written by `datasets` itself
+        data, path = value.get("bytes"), value.get("path")
+        if isinstance(data, (bytes, bytearray)) and data:
+            return Image.open(io.BytesIO(data))
+        if isinstance(path, str) and path:
+            return _open_path(path, base, allow_outside=True)  # written by `datasets` itself
         raise ImageProblem("image entry has neither bytes nor a path")
     if isinstance(value, (bytes, bytearray)):
         if not value:
@@ -43,17 +44,27 @@ def _open(value: Any, base: Path | None, allow_outside: bool) -> Image.Image:
 
 
 def _open_path(text: str, base: Path | None, allow_outside: bool) -> Image.Image:
-    path = Path(text).expanduser()
-    if not path.is_absolute():
-        if base is None:
-            raise ImageProblem(f"relative image path {text!r} in a dataset that has no folder")
-        path = base / path
-    path = path.resolve()
-    if base is not None and not allow_outside and not path.is_relative_to(base):
-        raise ImageProblem(f"image path {text!r} points outside the dataset folder (allow with --allow-outside-paths)")
-    if not path.is_file():
-        raise ImageProblem(f"image file {text!r} does not exist")
-    return Image.open(path)
+    shown = text if len(text) <= 200 else text[:200] + "..."
+    try:
+        path = Path(text).expanduser()
+        if not path.is_absolute():
+            if base is None:
+                raise ImageProblem(f"relative image path {shown!r} in a dataset that has no folder")
+            path = base / path
+        path = path.resolve()  # symlinks too: a link inside the folder may point outside it
+        if base is not None and not allow_outside and not path.is_relative_to(base):
+            raise ImageProblem(f"image path {shown!r} points outside the dataset folder (allow with "
+                               "--allow-outside-paths)")
+        if not path.is_file():
+            raise ImageProblem(f"image file {shown!r} does not exist")
+        data = path.read_bytes()
+    except ImageProblem:
+        raise
+    except (OSError, ValueError, RuntimeError) as exc:  # too long, NUL bytes, ~unknown-user, unreadable
+        raise ImageProblem(f"image path {shown!r} cannot be opened ({type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0][:120] if str(exc) else ''})") from None
+    # Decoding errors are the caller's to name (corrupt, truncated, not an image), not a path problem
+    return Image.open(io.BytesIO(data))
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -61,7 +72,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         # 16/32-bit grayscale: scale to 8 bits by the actual range instead of clipping at 255
         array = np.asarray(image, dtype=np.float64)
         top = array.max() if array.size else 0
-        array = (array / (top / 255.0) if top > 255 else array).clip(0, 255).astype(np.uint8)
+        array = np.rint(array / (top / 255.0) if top > 255 else array).clip(0, 255).astype(np.uint8)
         image = Image.fromarray(array, mode="L")
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
@@ -91,6 +102,13 @@ def load_rgb(value: Any, base: Path | None = None, allow_outside: bool = False,
     except ImageProblem:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageProblem(f"image cannot be decoded ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})") from None
+        raise ImageProblem(f"image cannot be decoded ({type(exc).__name__}: {_first_line(exc)})") from None
     except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageProblem(f"image is corrupt or truncated ({str(exc).splitlines()[0][:120]})") from None
+        raise ImageProblem(f"image is corrupt or truncated ({_first_line(exc)})") from None
+    except Exception as exc:  # noqa: BLE001 - decoders of untrusted bytes fail in many ways (struct, EXIF, ...)
+        raise ImageProblem(f"image cannot be decoded ({type(exc).__name__}: {_first_line(exc)})") from None
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc)
+    return text.splitlines()[0][:120] if text else ""

@@ -15,6 +15,8 @@ Accepted inputs: the chat-message format of `HuggingFaceH4/rlaif-v_formatted`, a
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +32,8 @@ ANSWER_COLUMNS = ("chosen", "rejected")
 _PART = {"type": Value("string"), "text": Value("string")}
 _MESSAGES = List({"role": Value("string"), "content": List(_PART)})
 OUTPUT_FEATURES = {"images": List(Image()), "prompt": _MESSAGES, "chosen": _MESSAGES, "rejected": _MESSAGES,
-                   "row_id": Value("int64"), "problem": Value("string")}
+                   "row_id": Value("int64"), "problem": Value("string"), "content_key": Value("string")}
+DUPLICATES = ("set_aside", "keep")
 
 
 class RowProblem(ValueError):
@@ -51,8 +54,18 @@ def find_columns(column_names: list[str], where: str) -> tuple[str | None, str, 
 
 
 def _text(value: Any, what: str) -> str:
+    if isinstance(value, (bytes, bytearray)):
+        try:  # binary columns (parquet, save_to_disk) may hold text that was never decoded
+            value = bytes(value).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise RowProblem(f"{what} is bytes that are not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at "
+                             f"position {exc.start})") from None
     if not isinstance(value, str):
         raise RowProblem(f"{what} must be text, not {type(value).__name__}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates, e.g. from a JSON "\ud800" escape
+        raise RowProblem(f"{what} holds characters that are not valid Unicode (lone surrogates)") from None
     if not value.strip():
         raise RowProblem(f"{what} is empty")
     return value
@@ -76,10 +89,14 @@ def _content_parts(content: Any, what: str) -> list[dict]:
 
 def _messages(value: Any, what: str, default_role: str) -> list[dict]:
     """Chat messages in the typed-content form; a plain string becomes one message of `default_role`."""
+    if isinstance(value, (bytes, bytearray)):
+        value = _text(value, what)
     if isinstance(value, str):
         return [{"role": default_role, "content": [{"type": "text", "text": _text(value, what)}]}]
-    if not isinstance(value, list) or not value:
-        raise RowProblem(f"{what} must be text or a non-empty list of messages")
+    if not isinstance(value, list):
+        raise RowProblem(f"{what} must be text or a list of messages, not {type(value).__name__}")
+    if not value:
+        raise RowProblem(f"{what} is an empty list of messages")
     out = []
     for message in value:
         if not isinstance(message, dict) or "role" not in message or "content" not in message:
@@ -111,6 +128,16 @@ def _answer_text(messages: list[dict]) -> str:
 
 def _count_images(messages: list[dict]) -> int:
     return sum(1 for m in messages for p in m["content"] if p["type"] == "image")
+
+
+def content_key(row: dict) -> str:
+    """Hash of what training sees (image pixels, prompt, answers): equal keys are duplicate rows."""
+    digest = hashlib.sha1()
+    for image in row["images"]:
+        digest.update(f"{image.size}".encode())
+        digest.update(image.tobytes())
+    digest.update(json.dumps([row["prompt"], row["chosen"], row["rejected"]], sort_keys=True).encode())
+    return digest.hexdigest()
 
 
 def normalize_row(row: dict, columns: tuple, base: Path | None = None, allow_outside_paths: bool = False,
@@ -152,19 +179,21 @@ def normalize_row(row: dict, columns: tuple, base: Path | None = None, allow_out
 def _normalize_batch(batch: dict, indices: list[int], columns: tuple, base: Path | None,
                      allow_outside_paths: bool, max_pixels: int) -> dict:
     keys = list(batch)
-    out: dict[str, list] = {k: [] for k in ("images", "prompt", "chosen", "rejected", "row_id", "problem")}
+    out: dict[str, list] = {k: [] for k in ("images", "prompt", "chosen", "rejected", "row_id", "problem",
+                                             "content_key")}
     for i, index in enumerate(indices):
         row = {k: batch[k][i] for k in keys}
         try:
             norm = normalize_row(row, columns, base, allow_outside_paths, max_pixels)
-            problem = ""
+            problem, key = "", content_key(norm)
         except (RowProblem, ImageProblem) as exc:
             norm = {"images": [], "prompt": [], "chosen": [], "rejected": []}
-            problem = str(exc)
+            problem, key = str(exc), ""
         for k, v in norm.items():
             out[k].append(v)
         out["row_id"].append(index)
         out["problem"].append(problem)
+        out["content_key"].append(key)
     return out
 
 
@@ -180,23 +209,64 @@ def _undecoded(dataset: Dataset, image_col: str | None) -> Dataset:
     return dataset
 
 
+def _duplicates(keys: list[str], problems: list[str]) -> dict[int, int]:
+    """Row index -> index of the first row with the same content, for every later copy of a usable row."""
+    first: dict[str, int] = {}
+    copies = {}
+    for index, (key, problem) in enumerate(zip(keys, problems)):
+        if problem:
+            continue
+        if key in first:
+            copies[index] = first[key]
+        else:
+            first[key] = index
+    return copies
+
+
 def normalize(dataset: Dataset, where: str, base: Path | None = None, allow_outside_paths: bool = False,
-              max_pixels: int = DEFAULT_MAX_PIXELS, num_proc: int | None = None) -> tuple[Dataset, Dataset]:
-    """Normalize every row in a (multi-process) map. Returns (usable rows, set-aside rows with a `problem`)."""
+              max_pixels: int = DEFAULT_MAX_PIXELS, num_proc: int | None = None,
+              duplicates: str = "set_aside") -> tuple[Dataset, Dataset, int]:
+    """Normalize every row in a (multi-process) map.
+
+    Returns (usable rows, set-aside rows with `row_id` and `problem`, number of duplicate rows kept). Exact
+    duplicates (same image pixels, prompt and answers) after the first are set aside, or kept with
+    `duplicates="keep"`; either way they are counted.
+    """
+    if duplicates not in DUPLICATES:
+        raise ValueError(f"duplicates must be one of {DUPLICATES}, not {duplicates!r}")
     columns = find_columns(dataset.column_names, where)
     dataset = _undecoded(dataset, columns[0])
     consumed = [c for c in columns if c is not None]
-    for name in ("row_id", "problem"):  # ours; a source column of that name would be overwritten
+    for name in ("row_id", "problem", "content_key"):  # ours; a source column of that name would be overwritten
         if name in dataset.column_names and name not in consumed:
             consumed.append(name)
     passthrough = {k: v for k, v in dataset.features.items() if k not in consumed}
     features = Features({**OUTPUT_FEATURES, **passthrough})
     if num_proc is not None and num_proc > 1 and len(dataset) < 64 * num_proc:
         num_proc = None  # starting worker processes costs more than it saves on small data
-    mapped = dataset.map(
-        _normalize_batch, batched=True, batch_size=64, with_indices=True, remove_columns=consumed,
-        features=features, num_proc=num_proc, desc="Checking and converting rows to RGB",
-        fn_kwargs=dict(columns=columns, base=base, allow_outside_paths=allow_outside_paths, max_pixels=max_pixels))
+    try:
+        mapped = dataset.map(
+            _normalize_batch, batched=True, batch_size=64, with_indices=True, remove_columns=consumed,
+            features=features, num_proc=num_proc, desc="Checking and converting rows to RGB",
+            fn_kwargs=dict(columns=columns, base=base, allow_outside_paths=allow_outside_paths,
+                           max_pixels=max_pixels))
+    except (TypeError, ValueError) as exc:
+        # Extra columns are carried along as Arrow stores them; a few shapes do not survive the trip back
+        # (struct keys with control characters, say). Our own columns are built to fit OUTPUT_FEATURES.
+        if not passthrough or "cast" not in str(exc).lower():
+            raise
+        raise VlmprefError(f"{where}: its extra column(s) {', '.join(passthrough)} cannot be carried along as stored "
+                           f"({str(exc).splitlines()[0]}); remove those columns or give each a plain type.") from None
+    copies = _duplicates(mapped["content_key"], mapped["problem"])
+    dropped = set(copies) if duplicates == "set_aside" else set()
+    # filter() only writes an index mapping, so the images are not copied again
+    usable = mapped.filter(lambda p, i: not p and i not in dropped, input_columns="problem", with_indices=True,
+                           desc="Keeping usable rows")
     problems = mapped.filter(lambda p: bool(p), input_columns="problem", desc="Collecting set-aside rows")
-    usable = mapped.filter(lambda p: not p, input_columns="problem", desc="Keeping usable rows")
-    return usable.remove_columns("problem"), problems.select_columns(["row_id", "problem"])
+    set_aside = sorted(zip(problems["row_id"], problems["problem"]))
+    if dropped:
+        row_ids = mapped["row_id"]
+        set_aside = sorted(set_aside + [(row_ids[i], f"duplicate of row {row_ids[copies[i]]}") for i in dropped])
+    set_aside = Dataset.from_dict({"row_id": [r for r, _ in set_aside], "problem": [p for _, p in set_aside]},
+                                  features=Features({"row_id": Value("int64"), "problem": Value("string")}))
+    return usable.remove_columns(["problem", "content_key"]), set_aside, 0 if dropped else len(copies)

@@ -6,6 +6,7 @@ thing everywhere. Errors a user can cause (no such path or id, unknown split) be
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -53,6 +54,55 @@ def _is_saved_dataset(path: Path) -> bool:
     return (path / "dataset_dict.json").is_file() or (path / "state.json").is_file()
 
 
+def _first_bad_line(path: Path) -> str | None:
+    """Where a text data file stops being readable: the first line that is not UTF-8 (or not JSON)."""
+    if path.suffix.lower() not in (".jsonl", ".json", ".csv"):
+        return None
+    with path.open("rb") as f:
+        for number, line in enumerate(f, start=1):
+            try:
+                text = line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                return (f"line {number} is not valid UTF-8 text (byte 0x{line[exc.start]:02x} at column "
+                        f"{exc.start + 1}); re-save the file as UTF-8 or remove that line")
+            if path.suffix.lower() == ".jsonl" and text.strip():
+                try:
+                    json.dumps(json.loads(text), ensure_ascii=False).encode("utf-8")
+                except json.JSONDecodeError as exc:
+                    return f"line {number} is not valid JSON ({exc.msg}); fix or remove that line"
+                except UnicodeEncodeError:
+                    return (f"line {number} holds an escaped character that is not valid Unicode (a lone "
+                            "surrogate such as \\ud800); fix or remove that line")
+    if path.suffix.lower() == ".json":
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            return f"it is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); fix it there"
+    return None
+
+
+def _load_files(path: Path, split: str, builder: str | None = None) -> Dataset:
+    """`load_dataset` on one data file (with its builder) or a folder of them, with unreadable text explained."""
+    import pyarrow as pa
+
+    try:
+        if builder is None:
+            loaded = datasets.load_dataset(str(path), split=split)
+        else:
+            loaded = datasets.load_dataset(builder, data_files=str(path), split=split)
+        # Arrow's JSON reader keeps invalid UTF-8 in string columns; it would fail later, row by row
+        loaded.data.table.validate(full=True)
+        return loaded
+    except (UnicodeError, pa.ArrowInvalid, datasets.exceptions.DatasetGenerationError) as exc:
+        for file in sorted(path.rglob("*")) if path.is_dir() else [path]:
+            problem = _first_bad_line(file) if file.is_file() else None
+            if problem:
+                raise VlmprefError(f"Cannot read dataset file {file}: {problem}.") from None
+        cause = exc.__cause__ or exc
+        raise VlmprefError(f"Cannot read dataset {path} ({type(cause).__name__}: {str(cause).splitlines()[0][:200]}); "
+                           "check that it is valid JSON Lines, JSON, CSV or Parquet.") from None
+
+
 def load_raw(dataset: str, split: str = "train") -> Dataset:
     """Open `dataset` (Hub id, folder or file) and return the requested split, unmodified."""
     path = Path(dataset).expanduser()
@@ -67,9 +117,9 @@ def load_raw(dataset: str, split: str = "train") -> Dataset:
             if split_name(split) != "train":
                 raise VlmprefError(f"A single file is one split called 'train'; use --split train (or a slice "
                                    f"such as train[:10%]) for {path}.")
-            return datasets.load_dataset(builder, data_files=str(path), split=split)
+            return _load_files(path, split, builder)
         if path.exists():
-            return datasets.load_dataset(str(path), split=split)
+            return _load_files(path, split)
         if dataset.startswith((".", "/", "~")) or dataset.count("/") > 1 or path.suffix in FILE_BUILDERS:
             raise VlmprefError(f"Dataset path {dataset} does not exist; check the path given to --dataset.")
         return datasets.load_dataset(dataset, split=split)

@@ -55,11 +55,28 @@ def _check_source(model_id: str) -> None:
                            "point --model at the folder written by save_pretrained (or `vlmpref tiny-model`).")
 
 
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def _pickle_only_error(model_id: str) -> VlmprefError:
+    return VlmprefError(f"Model {model_id} has only pickle (.bin) weights, which can run code when loaded; "
+                        "pass --allow-pickle if you trust its source.")
+
+
+def _check_weights(model_id: str, allow_pickle: bool) -> None:
+    """A local folder without safetensors weights is refused before transformers is asked to load it."""
+    path = Path(model_id).expanduser()
+    if allow_pickle or not path.is_dir():
+        return
+    files = [p.name for p in path.iterdir() if p.is_file()]
+    if not any(f.endswith(".safetensors") for f in files) and any(f.endswith(PICKLE_SUFFIXES) for f in files):
+        raise _pickle_only_error(model_id)
+
+
 def _explain_oserror(model_id: str, exc: OSError) -> VlmprefError:
     text = str(exc)
-    if "safetensors" in text.lower() and ".bin" in text:
-        return VlmprefError(f"Model {model_id} has only pickle (.bin) weights, which can run code when loaded; "
-                            "pass --allow-pickle if you trust its source.")
+    if "safetensors" in text.lower() and (".bin" in text or "no file named" in text.lower()):
+        return _pickle_only_error(model_id)
     if "not a valid model identifier" in text or "Repository Not Found" in text or "404" in text:
         return VlmprefError(f"Model '{model_id}' is neither a local folder nor a model on the Hugging Face Hub; "
                             "check the name, or log in with `hf auth login` if it is private.")
@@ -111,6 +128,7 @@ def load_model(model_id: str, quantization: Quantization = "none", dtype: torch.
     on the GPU (the guide's setting). bitsandbytes 4-bit also runs on the CPU.
     """
     _check_source(model_id)
+    _check_weights(model_id, allow_pickle)
     device = torch.device(device) if device is not None else default_device()
     if dtype is None:
         dtype = torch.bfloat16 if supports_bf16(device) else torch.float32

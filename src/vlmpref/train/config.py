@@ -7,8 +7,9 @@ Names follow transformers / TRL / PEFT (`learning_rate`, `per_device_train_batch
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import ClassVar, Literal, Optional
 
+from vlmpref.data.images import DEFAULT_MAX_PIXELS
 from vlmpref.errors import VlmprefError
 from vlmpref.models.adapters import GUIDE_TARGET_MODULES, LoraScope
 from vlmpref.models.loading import Quantization
@@ -17,11 +18,19 @@ from vlmpref.train.fast.losses import LOSS_TYPES as FAST_ENGINE_LOSSES
 LOSS_TYPES = ("sigmoid", "ipo", "hinge", "sft", "robust", "sigmoid_norm", "apo_zero", "apo_down", "bco_pair",
               "nca_pair", "sppo_hard", "discopop")
 FAST_LOSS_TYPES = FAST_ENGINE_LOSSES
+CONFIG_NAME = "vlmpref_config.yaml"
+# Options a resumed run may change: they do not change what is computed, only how it is logged, saved,
+# loaded or how much memory it takes (pairs per forward keep the effective batch)
+SAFE_ON_RESUME = ("logging_steps", "save_steps", "save_total_limit", "eval_steps", "report_to", "dataset_num_proc",
+                  "dataloader_num_workers", "cache_memory_gib", "gradient_checkpointing", "pairs_per_forward",
+                  "max_set_aside_fraction", "memory_check")
 
 
 @dataclass
 class TrainConfig:
     """Options of `vlmpref train`. Defaults reproduce the guide: SmolVLM-Instruct, rlaif-v, 4-bit DoRA DPO."""
+
+    resume_file: ClassVar[str] = CONFIG_NAME  # what `--resume FOLDER` reads the options from
 
     # ---- what to train on
     model: str = field(default="HuggingFaceTB/SmolVLM-Instruct", metadata={
@@ -36,7 +45,13 @@ class TrainConfig:
     output_dir: str = field(default="runs/dpo", metadata={
         "help": "Folder for the adapter, processor, resolved config, logs and checkpoints."})
     config: Optional[str] = field(default=None, metadata={"help": "YAML file with these options; flags override it."})
-    overwrite: bool = field(default=False, metadata={"help": "Allow writing into a non-empty --output-dir."})
+    overwrite: bool = field(default=False, metadata={
+        "help": "Start a new run in a non-empty --output-dir (its checkpoints are not used; --resume continues "
+                "a run instead)."})
+    resume: Optional[str] = field(default=None, metadata={
+        "help": "Continue the run in this output folder from its last complete checkpoint, with its saved "
+                f"options ({CONFIG_NAME}); only {', '.join('--' + k.replace('_', '-') for k in SAFE_ON_RESUME)} may "
+                "be changed by flags."})
 
     # ---- model and adapter
     quantization: Quantization = field(default="4bit", metadata={
@@ -85,7 +100,12 @@ class TrainConfig:
                 "answers (RPO), which keeps a small model's answers well-formed."})
     loss_weights: Optional[list[float]] = field(default=None, metadata={"help": "Weight of each --loss-type."})
     max_length: Optional[int] = field(default=None, metadata={
-        "help": "Truncate prompt+answer to this many tokens; auto keeps everything (image tokens are never cut)."})
+        "help": "Longest prompt+answer sequence in tokens, image tokens included; auto keeps everything. Pairs are "
+                "measured before training: see --truncation. Image tokens are never cut."})
+    truncation: Literal["answer", "skip"] = field(default="answer", metadata={
+        "help": "Pairs over --max-length: answer keeps the row and cuts the answer tokens past the limit (TRL's "
+                "keep_start); skip sets the row aside. A prompt that leaves no room for an answer is always set "
+                "aside. Both are counted in the summary."})
     bf16: Optional[bool] = field(default=None, metadata={
         "help": "bf16 mixed precision; auto uses it on GPUs that support it and with quantized weights."})
     gradient_checkpointing: bool = field(default=True, metadata={"help": "Recompute activations to save memory."})
@@ -103,6 +123,17 @@ class TrainConfig:
     dataloader_num_workers: int = field(default=0, metadata={"help": "Background processes that collate batches."})
     allow_outside_paths: bool = field(default=False, metadata={
         "help": "Allow image paths in a local dataset to point outside its folder."})
+    max_image_pixels: int = field(default=DEFAULT_MAX_PIXELS, metadata={
+        "help": "Set aside images with more pixels than this (decompression bombs); raise it for huge images."})
+    keep_duplicates: bool = field(default=False, metadata={
+        "help": "Train on exact duplicate rows (same image pixels, prompt and answers); by default every copy "
+                "after the first is set aside. Counted either way."})
+    max_set_aside_fraction: float = field(default=0.5, metadata={
+        "help": "Stop before training when more than this share of the rows was set aside (bad images, empty "
+                "answers, ...); 1 never stops, 0 stops at the first bad row."})
+    memory_check: bool = field(default=True, metadata={
+        "help": "On a GPU, estimate the memory the run needs before loading the model and stop with ways to fit "
+                "when the free memory is too small."})
 
     # ---- memory presets and image resolution
     preset: Optional[str] = field(default=None, metadata={
@@ -145,6 +176,15 @@ class TrainConfig:
                                "use --engine trl for it.")
         if self.report_to == ["none"]:
             self.report_to = []
+        if self.max_length is not None and self.max_length <= 0:
+            raise VlmprefError(f"--max-length must be positive, not {self.max_length}.")
+        if self.max_image_pixels <= 0:
+            raise VlmprefError(f"--max-image-pixels must be positive, not {self.max_image_pixels}.")
+        if not 0 <= self.max_set_aside_fraction <= 1:
+            raise VlmprefError(f"--max-set-aside-fraction must be between 0 and 1, not {self.max_set_aside_fraction}.")
+        if self.resume and self.overwrite:
+            raise VlmprefError("--resume continues the run in its folder and --overwrite starts a new one there; "
+                               "give only one of them.")
         if self.image_longest_edge is not None and self.image_longest_edge <= 0:
             raise VlmprefError(f"--image-longest-edge must be positive, not {self.image_longest_edge}.")
         from vlmpref.train.reporting import check_report_to

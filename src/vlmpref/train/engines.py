@@ -13,7 +13,18 @@ import warnings
 import torch
 from trl import DPOConfig, DPOTrainer
 
+from vlmpref.train.checkpoints import AtomicCheckpoints
 from vlmpref.train.config import TrainConfig
+from vlmpref.train.fast import FastDPOTrainer
+from vlmpref.train.guards import FiniteLossCheck
+
+
+class TrlEngine(AtomicCheckpoints, FiniteLossCheck, DPOTrainer):
+    """TRL's DPOTrainer, unchanged in what it computes; checkpoints written atomically, NaN/inf stops it."""
+
+
+class FastEngine(AtomicCheckpoints, FiniteLossCheck, FastDPOTrainer):
+    """vlmpref's FastDPOTrainer with the same run guards."""
 
 
 # TrainConfig fields that DPOConfig has under the same name and meaning
@@ -52,9 +63,7 @@ def make_trainer(cfg: TrainConfig, model, processor, peft_config, train_dataset,
         # TRL warns that its dataset is not tokenized up front; that is expected for vision data
         warnings.simplefilter("ignore", UserWarning)
         if cfg.engine == "trl":
-            return DPOTrainer(**common)
-        from vlmpref.train.fast import FastDPOTrainer
-
-        return FastDPOTrainer(**common, pairs_per_forward=cfg.pairs_per_forward,
-                              image_cache={"auto": "auto", "on": True, "off": False}[cfg.image_cache],
-                              cache_memory_gib=cfg.cache_memory_gib)
+            return TrlEngine(**common)
+        return FastEngine(**common, pairs_per_forward=cfg.pairs_per_forward,
+                          image_cache={"auto": "auto", "on": True, "off": False}[cfg.image_cache],
+                          cache_memory_gib=cfg.cache_memory_gib)

@@ -49,3 +49,10 @@ def summary_line(summary: dict, output_dir) -> str:
     if "tensorboard" in summary.get("report_to", []):
         line += f" (logs: tensorboard --logdir {output_dir}/runs)"
     return line
+
+
+def interrupted_line(summary: dict, output_dir, checkpoint) -> str:
+    """`Stopped by SIGINT after step 12 of 40; checkpoint-12 saved. Continue with: vlmpref train --resume runs/dpo`."""
+    saved = f"{checkpoint} saved" if checkpoint else "no checkpoint saved"
+    return (f"Stopped by {summary['interrupted']} after step {summary['steps']} of {summary['max_steps']}; {saved}. "
+            f"Continue with: vlmpref train --resume {output_dir}")

@@ -10,7 +10,10 @@ aside, and `train_summary.json`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +27,16 @@ from vlmpref.models import load_model, load_processor, lora_config
 from vlmpref.models.loading import default_device, supports_bf16
 from vlmpref.models.shapes import set_image_longest_edge
 from vlmpref.config import describe_preset
-from vlmpref.train.config import TrainConfig
+from vlmpref.train.checkpoints import last_checkpoint, remove_partial_checkpoints
+from vlmpref.train.config import CONFIG_NAME, TrainConfig
 from vlmpref.train.engines import make_trainer
+from vlmpref.train.guards import NonFiniteLoss, StopOnSignal, stop_on_signals
+from vlmpref.train.lengths import apply_length_policy
+from vlmpref.train.memory import check_memory, out_of_memory_error
+from vlmpref.train.resume import check_resumable, resume_line
 
-CONFIG_NAME = "vlmpref_config.yaml"
+# What a run writes besides the adapter and processor; --overwrite removes them so nothing mixes with the new run
+RUN_FILES = ("train_summary.json", "rejected_rows.jsonl", "rejected_rows_eval.jsonl", "eval_log.jsonl")
 
 
 @dataclass
@@ -37,15 +46,26 @@ class TrainResult:
     processor: object
     data: PreferenceData
     summary: dict
+    interrupted: str | None = None  # the signal that stopped training early; resume from `checkpoint`
+    checkpoint: Path | None = None  # the last complete checkpoint
 
 
 def prepare_output_dir(path: str | Path, overwrite: bool) -> Path:
-    """Refuse to mix a new run into an existing one unless asked."""
+    """Refuse to mix a new run into an existing one unless asked; with --overwrite, clear the old run's state."""
     out = Path(path)
     if out.exists() and not out.is_dir():
         raise VlmprefError(f"--output-dir {out} is a file; choose a folder.")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise VlmprefError(f"Output folder {out} is not empty; choose another --output-dir or pass --overwrite.")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            hint = f", or continue that run with `{resume_line(out)}`" if (out / CONFIG_NAME).is_file() else ""
+            raise VlmprefError(f"Output folder {out} is not empty; choose another --output-dir or pass "
+                               f"--overwrite{hint}.")
+        # the old run's checkpoints would otherwise be taken for this run's by --resume
+        for old in out.glob("checkpoint-*"):
+            shutil.rmtree(old, ignore_errors=True)
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
+        remove_partial_checkpoints(out)
     out.mkdir(parents=True, exist_ok=True)
     return out
 
@@ -59,66 +79,105 @@ def use_bf16(cfg: TrainConfig, device: torch.device) -> bool:
     return supports_bf16(device) or cfg.quantization != "none"
 
 
-def load_training_data(cfg: TrainConfig, out: Path) -> tuple[PreferenceData, PreferenceData | None]:
-    data = load_preference_data(cfg.dataset, cfg.split, num_proc=cfg.dataset_num_proc,
-                                allow_outside_paths=cfg.allow_outside_paths)
-    data.write_set_aside(out / "rejected_rows.jsonl")
+def load_split(cfg: TrainConfig, dataset: str, split: str, processor, record: Path) -> PreferenceData:
+    """Load and check one split, apply the length policy, record the rows set aside, stop if too many were."""
+    data = load_preference_data(dataset, split, num_proc=cfg.dataset_num_proc,
+                                allow_outside_paths=cfg.allow_outside_paths, max_image_pixels=cfg.max_image_pixels,
+                                keep_duplicates=cfg.keep_duplicates)
+    if cfg.max_length and len(data.dataset):
+        apply_length_policy(data, processor, cfg.max_length, cfg.truncation)
+    data.write_set_aside(record)
     print(data.summary())
-    if len(data.dataset) == 0:
-        raise VlmprefError(f"No usable rows in {cfg.dataset} [{cfg.split}]; see {out / 'rejected_rows.jsonl'} "
-                           "for the reason each row was set aside.")
-    eval_data = None
-    if cfg.eval_dataset:
-        eval_data = load_preference_data(cfg.eval_dataset, cfg.eval_split, num_proc=cfg.dataset_num_proc,
-                                         allow_outside_paths=cfg.allow_outside_paths)
-        eval_data.write_set_aside(out / "rejected_rows_eval.jsonl")
-        print(eval_data.summary())
-    return data, eval_data
+    data.check_share(cfg.max_set_aside_fraction, record)
+    return data
 
 
 def train(cfg: TrainConfig, callbacks=None) -> TrainResult:
-    """Train a DPO adapter as `cfg` says and write it, with everything needed to reuse it, to `cfg.output_dir`."""
+    """Train a DPO adapter as `cfg` says and write it, with everything needed to reuse it, to `cfg.output_dir`.
+
+    With `cfg.resume` set, continue the run in that folder from its last complete checkpoint instead.
+    """
     started = time.time()
-    out = prepare_output_dir(cfg.output_dir, cfg.overwrite)
-    config_io.save(cfg, out / CONFIG_NAME)
+    checkpoint = None
+    if cfg.resume:
+        checkpoint = check_resumable(cfg)
+        out = Path(cfg.resume)
+        print(f"Resuming {out} from {checkpoint.name}." if checkpoint else
+              f"Resuming {out}: no complete checkpoint yet, so training starts at step 0.")
+    else:
+        out = prepare_output_dir(cfg.output_dir, cfg.overwrite)
+    config_io.save(dataclasses.replace(cfg, resume=None, overwrite=False, output_dir=str(out)), out / CONFIG_NAME)
     if cfg.preset:
         print(describe_preset(cfg, cfg.preset))
 
     # ---- data
-    data, eval_data = load_training_data(cfg, out)
+    processor = load_processor(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    if cfg.image_longest_edge:
+        set_image_longest_edge(processor, cfg.image_longest_edge)
+    data = load_split(cfg, cfg.dataset, cfg.split, processor, out / "rejected_rows.jsonl")
+    eval_data = None
+    if cfg.eval_dataset:
+        eval_data = load_split(cfg, cfg.eval_dataset, cfg.eval_split, processor, out / "rejected_rows_eval.jsonl")
 
     # ---- model
     device = default_device()
     bf16 = use_bf16(cfg, device)
-    processor = load_processor(cfg.model, trust_remote_code=cfg.trust_remote_code)
-    if cfg.image_longest_edge:
-        set_image_longest_edge(processor, cfg.image_longest_edge)
-    model = load_model(cfg.model, quantization=cfg.quantization, dtype=torch.bfloat16 if bf16 else torch.float32,
-                       attn_implementation=cfg.attn_implementation, device=device,
-                       trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
-    peft_config = lora_config(model, use_dora=cfg.use_dora, r=cfg.lora_r, alpha=cfg.lora_alpha,
-                              dropout=cfg.lora_dropout, init_lora_weights=_init_value(cfg.init_lora_weights),
-                              target_modules=cfg.lora_target_modules, scope=cfg.lora_scope)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
+    check_memory(cfg, data.dataset, processor, device)
+    trainer = None
+    try:
+        model = load_model(cfg.model, quantization=cfg.quantization, dtype=torch.bfloat16 if bf16 else torch.float32,
+                           attn_implementation=cfg.attn_implementation, device=device,
+                           trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
+        peft_config = lora_config(model, use_dora=cfg.use_dora, r=cfg.lora_r, alpha=cfg.lora_alpha,
+                                  dropout=cfg.lora_dropout, init_lora_weights=_init_value(cfg.init_lora_weights),
+                                  target_modules=cfg.lora_target_modules, scope=cfg.lora_scope)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
 
-    # ---- train
-    trainer = make_trainer(cfg, model, processor, peft_config, data.dataset,
-                           eval_data.dataset if eval_data else None, bf16=bf16, callbacks=callbacks)
-    trainer.train()
+        # ---- train
+        trainer = make_trainer(cfg, model, processor, peft_config, data.dataset,
+                               eval_data.dataset if eval_data else None, bf16=bf16, callbacks=callbacks)
+        with stop_on_signals() as stop:
+            trainer.add_callback(StopOnSignal(stop))
+            trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    except torch.cuda.OutOfMemoryError:
+        step = trainer.state.global_step + 1 if trainer is not None else 0
+        raise out_of_memory_error(cfg, data.dataset, processor, device, step, last_checkpoint(out), out) from None
+    except NonFiniteLoss as exc:
+        raise _non_finite_error(exc, cfg, bf16, out) from None
+    except KeyboardInterrupt:
+        kept = last_checkpoint(out)
+        print(f"Stopped at once; {f'the last checkpoint, {kept.name}, is kept: continue with `{resume_line(out)}`' if kept else 'no checkpoint was written yet'}.",
+              file=sys.stderr)
+        raise
+    interrupted = stop.signal_name if trainer.state.global_step < trainer.state.max_steps else None
     trained = trainer.model
 
     # ---- save
-    trained.save_pretrained(out)
-    processor.save_pretrained(out)
-    elapsed = time.time() - started
+    if not interrupted:
+        trained.save_pretrained(out)
+        processor.save_pretrained(out)
+    summary = _summary(cfg, trainer, data, device, time.time() - started, checkpoint, interrupted)
+    (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    return TrainResult(output_dir=out, model=trained, processor=processor, data=data, summary=summary,
+                       interrupted=interrupted, checkpoint=last_checkpoint(out))
+
+
+def _summary(cfg: TrainConfig, trainer, data: PreferenceData, device, elapsed: float, resumed_from, interrupted) -> dict:
     pairs = trainer.state.global_step * cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
-    summary = {
+    reused = getattr(trainer, "reference_reused", None)
+    return {
         "engine": cfg.engine,
         "steps": trainer.state.global_step,
+        "max_steps": trainer.state.max_steps,
         "pairs_seen": pairs,
         "rows_used": len(data.dataset),
         "rows_set_aside": len(data.set_aside),
+        "set_aside_reasons": dict(data.reasons()),
+        "rows_kept_with_changes": dict(data.kept_with_changes),
+        "resumed_from": resumed_from.name if resumed_from else None,
+        "interrupted": interrupted,
+        "reference_logps": None if reused is None else ("reused" if reused else "computed"),
         "seconds": round(elapsed, 2),
         "train_seconds": round(trainer.state.log_history[-1].get("train_runtime", elapsed), 2)
         if trainer.state.log_history else None,
@@ -127,8 +186,14 @@ def train(cfg: TrainConfig, callbacks=None) -> TrainResult:
         "final_log": trainer.state.log_history[-1] if trainer.state.log_history else {},
         "log_history": trainer.state.log_history,
     }
-    (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
-    return TrainResult(output_dir=out, model=trained, processor=processor, data=data, summary=summary)
+
+
+def _non_finite_error(exc: NonFiniteLoss, cfg: TrainConfig, bf16: bool, out: Path) -> VlmprefError:
+    kept = last_checkpoint(out)
+    where = (f"the last good checkpoint, {kept}, is kept" if kept else "no checkpoint had been written yet")
+    precision = " or train in float32 with --no-bf16 (bf16 overflows more easily)" if bf16 else ""
+    return VlmprefError(f"Training stopped: {exc} (NaN or inf); {where}. Start a new run with a lower --learning-rate "
+                        f"(this one used {cfg.learning_rate:g}){precision}, or a larger --warmup-steps.")
 
 
 def _init_value(text: str):

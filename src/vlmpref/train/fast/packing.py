@@ -43,11 +43,13 @@ def pair_texts(row: dict, processor) -> dict[str, str]:
 
 
 def tokenize_pair(row: dict, processor, pair_id: int = -1, image_key: str | None = None,
-                  with_pixels: bool = True) -> PairTokens:
+                  with_pixels: bool = True, max_length: int | None = None) -> PairTokens:
     """TRL-identical tokens for one row in the internal form (images, prompt, chosen, rejected).
 
     `with_pixels=False` skips image preprocessing when the image features come from the cache; the prompt
-    ids are still produced by the processor, which needs the images only for their sizes.
+    ids are still produced by the processor, which needs the images only for their sizes. `max_length` cuts
+    each answer so that prompt + answer fits, as TRL's `keep_start` truncation does; a prompt that leaves no
+    room is refused, since cutting it would cut image tokens.
     """
     texts = pair_texts(row, processor)
     images = trl_example(row)["images"]
@@ -57,8 +59,15 @@ def tokenize_pair(row: dict, processor, pair_id: int = -1, image_key: str | None
     chosen = tokenizer(texts["chosen"], add_special_tokens=False)["input_ids"]
     rejected = tokenizer(texts["rejected"], add_special_tokens=False)["input_ids"]
     pixels = {k: v for k, v in prompt.items() if k not in ("input_ids", "attention_mask")} if with_pixels else {}
-    return PairTokens(prompt_ids=prompt["input_ids"][0].tolist(), chosen_ids=list(chosen),
-                      rejected_ids=list(rejected), pixel_inputs=pixels, pair_id=pair_id, image_key=image_key)
+    prompt_ids = prompt["input_ids"][0].tolist()
+    if max_length is not None:
+        room = max_length - len(prompt_ids)
+        if room <= 0:
+            raise ValueError(f"pair {pair_id}: the prompt is {len(prompt_ids)} tokens with its image tokens, so "
+                             f"max_length={max_length} leaves no room for the answers")
+        chosen, rejected = chosen[:room], rejected[:room]
+    return PairTokens(prompt_ids=prompt_ids, chosen_ids=list(chosen), rejected_ids=list(rejected),
+                      pixel_inputs=pixels, pair_id=pair_id, image_key=image_key)
 
 
 @dataclass

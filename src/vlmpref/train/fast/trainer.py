@@ -49,9 +49,10 @@ class PackCollator:
     """Rows -> one PackedBatch, with reference log-probs attached when known."""
 
     def __init__(self, processor, reference: ReferenceLogps | None = None, cached_keys: set | None = None,
-                 layout: str = "rows"):
+                 layout: str = "rows", max_length: int | None = None):
         self.processor = processor
         self.layout = layout
+        self.max_length = max_length
         self.pad_id = processor.tokenizer.pad_token_id or 0
         self.reference = reference
         self.cached_keys = cached_keys if cached_keys is not None else set()
@@ -67,7 +68,8 @@ class PackCollator:
             images = row.get("images") or ([row["image"]] if row.get("image") is not None else [])
             key = images_key(images) if images else None
             cached = key is not None and key in self.cached_keys
-            pair = tokenize_pair(row, self.processor, pair_id=pair_id, image_key=key, with_pixels=not cached)
+            pair = tokenize_pair(row, self.processor, pair_id=pair_id, image_key=key, with_pixels=not cached,
+                                 max_length=self.max_length)
             if cached:
                 self._tokens[pair_id] = pair
             pairs.append(pair)
@@ -149,7 +151,7 @@ class FastDPOTrainer(DPOTrainer):
         self.reference = self._reference_logps(fingerprint)
         self.reference_seconds = time.perf_counter() - started  # one-time cost, reported by the benchmark
         self.data_collator = PackCollator(self.processing_class, self.reference, cached_keys=self._cached_keys,
-                                          layout=self.layout)
+                                          layout=self.layout, max_length=args.max_length)
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
 
     # ---- data
@@ -173,12 +175,13 @@ class FastDPOTrainer(DPOTrainer):
                                    self.args.max_length))
         path = os.path.join(self.args.output_dir, "reference_logps.json")
         stored = ReferenceLogps.load(path, fingerprint)
+        self.reference_reused = stored is not None
         if stored is not None:
             logger.info("Reusing reference log-probs from %s", path)
             return stored
         reference = ReferenceLogps(fingerprint)
         model = self.ref_model or self.model
-        collator = PackCollator(self.processing_class, layout=self.layout)
+        collator = PackCollator(self.processing_class, layout=self.layout, max_length=self.args.max_length)
         batch_size = max(1, self.args.precompute_ref_batch_size or self.args.per_device_train_batch_size)
         was_training = model.training
         model.eval()

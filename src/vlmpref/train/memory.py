@@ -1,0 +1,159 @@
+"""Will the run fit the GPU? Checked before the model is loaded, and explained again after an out-of-memory.
+
+The estimate is `vlmpref estimate`'s (models/estimate.py), fed with this run's settings and what the data
+holds: the largest image and the longest answer of a sample of rows. When the free memory is too small the
+run stops before loading anything, with the estimate and the changes that would make it fit, each with its
+own estimate (4-bit weights, adapters on the language model only, smaller images, shorter answers, a
+smaller batch, gradient checkpointing, the preset that fits).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from vlmpref.errors import VlmprefError
+from vlmpref.models.estimate import GIB, Estimate, RunSettings, estimate
+from vlmpref.models.gpus import Gpu
+from vlmpref.models.shapes import ModelShape, describe_model, image_tokens
+
+SAMPLE_ROWS = 64
+
+
+def data_settings(cfg, rows, processor) -> RunSettings:
+    """The run's settings, with image size and token counts taken from a sample of the training rows."""
+    from vlmpref.train.plan import run_settings
+
+    settings = run_settings(cfg)
+    sample = rows.select(range(min(SAMPLE_ROWS, len(rows)))) if len(rows) else []
+    sizes = [image.size for row in sample for image in row["images"]]
+    tokenizer = processor.tokenizer
+
+    def tokens(messages):
+        return len(tokenizer("".join(p["text"] or "" for m in messages for p in m["content"]
+                                     if p["type"] == "text"), add_special_tokens=False)["input_ids"])
+
+    answers = [max(tokens(row["chosen"]), tokens(row["rejected"])) for row in sample]
+    prompts = [tokens(row["prompt"]) + 10 for row in sample]  # + the chat markup
+    changes = {}
+    if sizes:
+        changes["image_width"], changes["image_height"] = max(sizes, key=lambda s: s[0] * s[1])
+    if answers:
+        changes["answer_tokens"] = max(1, max(answers))
+        changes["prompt_tokens"] = max(prompts)
+    settings = dataclasses.replace(settings, **changes)
+    if cfg.max_length:  # answers are cut at max_length
+        image = 0 if not sizes else image_tokens(describe_model(cfg.model, cfg.trust_remote_code),
+                                                 settings.image_width, settings.image_height,
+                                                 settings.image_longest_edge).tokens
+        room = max(1, cfg.max_length - settings.prompt_tokens - image)
+        settings = dataclasses.replace(settings, answer_tokens=min(settings.answer_tokens, room))
+    return settings
+
+
+def _needed(est: Estimate) -> float:
+    """GiB the run needs beyond what is in use now (this process's CUDA context is already counted as used)."""
+    return est.memory.reserved_gib
+
+
+def ways_to_fit(shape: ModelShape, settings: RunSettings, gpu: Gpu, available_gib: float) -> list[str]:
+    """Changes of one option each, with the memory they would need; those that fit first."""
+    options: list[tuple[str, RunSettings]] = []
+    if settings.quantization != "4bit":
+        options.append(("--quantization 4bit", dataclasses.replace(settings, quantization="4bit")))
+    if settings.lora_scope == "all":
+        options.append(("--lora-scope language", dataclasses.replace(settings, lora_scope="language")))
+    if shape.architecture == "idefics3" and shape.image_splitting:
+        current = settings.image_longest_edge or shape.longest_edge
+        for tiles in (2, 1):
+            edge = shape.tile * tiles
+            if edge < current:
+                options.append((f"--image-longest-edge {edge}",
+                                dataclasses.replace(settings, image_longest_edge=edge)))
+    if settings.answer_tokens > 128:
+        image = image_tokens(shape, settings.image_width, settings.image_height, settings.image_longest_edge)
+        options.append((f"--max-length {settings.prompt_tokens + image.tokens + 128} (answers cut to 128 tokens)",
+                        dataclasses.replace(settings, answer_tokens=128)))
+    if settings.pairs_in_forward > 1:
+        flag = "--pairs-per-forward 1" if settings.engine == "fast" else "--per-device-train-batch-size 1"
+        options.append((flag, dataclasses.replace(settings, batch_size=1, pairs_per_forward=None)))
+    if not settings.gradient_checkpointing:
+        options.append(("--gradient-checkpointing", dataclasses.replace(settings, gradient_checkpointing=True)))
+    lines = []
+    for flag, changed in options:
+        need = _needed(estimate(shape, changed, gpu))
+        lines.append((need > available_gib, need, f"{flag}: {need:.1f} GiB{' (fits)' if need <= available_gib else ''}"))
+    preset = _preset_that_fits(shape, settings, available_gib)
+    if preset:
+        lines.append((False, 0.0, f"--preset {preset[0]}: {preset[1]:.1f} GiB (fits)"))
+    return [text for _, _, text in sorted(lines, key=lambda x: (x[0], x[1]))]
+
+
+def _preset_that_fits(shape: ModelShape, settings: RunSettings, available_gib: float) -> tuple[str, float] | None:
+    from vlmpref.config import PRESETS
+    from vlmpref.train.plan import preset_settings
+
+    gpu = Gpu("free memory", available_gib, 50.0, 500.0)
+    for name in reversed(PRESETS):
+        try:
+            need = _needed(estimate(shape, preset_settings(name, settings), gpu))
+        except VlmprefError:
+            return None
+        if need <= available_gib:
+            return name, need
+    return None
+
+
+def _estimate_line(est: Estimate) -> str:
+    parts = ", ".join(f"{name} {gib:.1f}" for name, gib in est.memory.rows()[:-1] if gib >= 0.05)
+    return f"about {_needed(est):.1f} GiB ({parts})"
+
+
+def check_memory(cfg, rows, processor, device: torch.device) -> Estimate | None:
+    """Before loading the model on a GPU: stop with the estimate and ways to fit if free memory is too small."""
+    if device.type != "cuda" or not cfg.memory_check:
+        return None
+    free, total = torch.cuda.mem_get_info(device)
+    name = torch.cuda.get_device_properties(device).name
+    shape = describe_model(cfg.model, cfg.trust_remote_code)
+    settings = data_settings(cfg, rows, processor)
+    gpu = Gpu(name, total / GIB, 50.0, 500.0)
+    est = estimate(shape, settings, gpu)
+    available = free / GIB
+    if _needed(est) <= available:
+        return est
+    ways = ways_to_fit(shape, settings, gpu, available)
+    raise VlmprefError(
+        f"This run needs {_estimate_line(est)} of GPU memory, but only {available:.1f} of {total / GIB:.1f} GiB are "
+        f"free on {name}; to fit, change one of: {'; '.join(ways) or 'no single option fits, use a smaller model'} "
+        "(or pass --no-memory-check to try anyway).")
+
+
+def out_of_memory_error(cfg, rows, processor, device: torch.device, step: int, checkpoint: Path | None,
+                        output_dir: Path) -> VlmprefError:
+    """The message for a CUDA out-of-memory during training: what was in use, ways to fit, what is kept."""
+    total = torch.cuda.get_device_properties(device).total_memory
+    peak = torch.cuda.max_memory_reserved(device)
+    kept = "no checkpoint was written yet"
+    if checkpoint:
+        kept = f"the last checkpoint, {checkpoint}, is kept"
+        # options a resumed run may change that also lower memory
+        lighter = ([] if cfg.gradient_checkpointing else ["--gradient-checkpointing"]) + (
+            ["--pairs-per-forward 1"] if cfg.engine == "fast" and (cfg.pairs_per_forward or
+                                                                   cfg.per_device_train_batch_size) > 1 else [])
+        if lighter:
+            kept += f" (`vlmpref train --resume {output_dir} {' '.join(lighter)}` continues it with less memory)"
+    ways = ""
+    try:
+        shape = describe_model(cfg.model, cfg.trust_remote_code)
+        settings = data_settings(cfg, rows, processor)
+        gpu = Gpu(torch.cuda.get_device_properties(device).name, total / GIB, 50.0, 500.0)
+        est = estimate(shape, settings, gpu)
+        ways = (f"; the estimate for this run was {_estimate_line(est)}, and a new run fits with one of: "
+                + "; ".join(ways_to_fit(shape, settings, gpu, total / GIB - est.memory.cuda_context / GIB)))
+    except VlmprefError:
+        pass
+    return VlmprefError(f"CUDA ran out of memory at step {step} (peak {peak / GIB:.1f} of {total / GIB:.1f} GiB); "
+                        f"{kept}{ways}.")
