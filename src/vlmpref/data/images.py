@@ -101,7 +101,9 @@ def load_rgb(value: Any, base: Path | None = None, allow_outside: bool = False,
         return _to_rgb(image)
     except ImageProblem:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except UnidentifiedImageError:  # its message names an internal buffer, not the user's file
+        raise ImageProblem("image cannot be decoded (not a known image format, or its header is corrupt)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageProblem(f"image cannot be decoded ({type(exc).__name__}: {_first_line(exc)})") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageProblem(f"image is corrupt or truncated ({_first_line(exc)})") from None
