@@ -1,6 +1,8 @@
 """Presets: one YAML per memory size, the layer under --config and flags, each checked to fit its card."""
 
 import re
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -73,3 +75,14 @@ def test_train_prints_the_preset_values_and_a_summary_line(tiny_model_dir, shape
     assert saved["preset"] == "6gb" and saved["image_longest_edge"] == 768
     # the processor saved with the adapter keeps the resolution it was trained at
     assert '"longest_edge": 768' in (out / "processor_config.json").read_text()
+
+
+def test_presets_ship_inside_the_package():
+    """A non-editable install has no configs/ folder: the presets must come from the package itself."""
+    import vlmpref
+
+    package = Path(vlmpref.__file__).resolve().parent
+    for name in PRESETS:
+        assert preset_path(name).resolve().is_relative_to(package)
+    repo_link = Path(__file__).resolve().parents[1] / "configs" / "presets"
+    assert sorted(p.name for p in repo_link.iterdir()) == sorted(f"{name}.yaml" for name in PRESETS)

@@ -4,8 +4,8 @@ Every command has a plain dataclass whose fields carry `metadata={"help": ...}`.
 class into argparse flags (spelled with dashes or underscores), reads a YAML file, rejects unknown keys
 with the nearest valid name, and writes the resolved config beside the outputs.
 
-Memory presets (`--preset 6gb | 8gb | 12gb | 24gb | 80gb`, one YAML file each in configs/presets/, or the
-path of such a file) choose quantization, adapter targets, image resolution, batch and accumulation and
+Memory presets (`--preset 6gb | 8gb | 12gb | 24gb | 80gb`, one YAML file each in configs/presets/, shipped in
+the package, or the path of such a file) choose quantization, adapter targets, image resolution, batch and accumulation and
 gradient checkpointing, as the lowest layer above the defaults.
 """
 
@@ -220,13 +220,9 @@ def save(cfg: Any, path: str | Path) -> Path:
 PRESETS = ("6gb", "8gb", "12gb", "24gb", "80gb")
 
 
-def preset_dir() -> Path | None:
-    """configs/presets of the source tree vlmpref runs from (or of the working directory)."""
-    for root in (Path(__file__).resolve().parents[2], Path.cwd()):
-        folder = root / "configs" / "presets"
-        if folder.is_dir():
-            return folder
-    return None
+def preset_dir() -> Path:
+    """The preset YAML files, shipped inside the package (configs/presets in the repository links here)."""
+    return Path(__file__).resolve().parent / "assets" / "presets"
 
 
 def preset_path(name: str) -> Path:
@@ -238,11 +234,11 @@ def preset_path(name: str) -> Path:
     key = name.lower().replace(" ", "")
     if key not in PRESETS:
         raise VlmprefError(f"Unknown preset '{name}'; choose from {', '.join(PRESETS)}, or give a preset YAML file.")
-    folder = preset_dir()
-    if folder is None or not (folder / f"{key}.yaml").is_file():
-        raise VlmprefError(f"Preset files (configs/presets/{key}.yaml) are not found next to this vlmpref install; "
-                           "run from a clone of the repository or pass --preset path/to/preset.yaml.")
-    return folder / f"{key}.yaml"
+    path = preset_dir() / f"{key}.yaml"
+    if not path.is_file():
+        raise VlmprefError(f"Preset file {path} is missing from this vlmpref install; reinstall vlmpref or pass "
+                           "--preset path/to/preset.yaml.")
+    return path
 
 
 def preset_values(name: str) -> dict:
