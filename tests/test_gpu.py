@@ -125,7 +125,8 @@ def test_resume_on_cuda_continues_to_the_same_adapter(tiny_model_dir, shapes_dir
     whole = tmp_path / "whole"
     train(TrainConfig(model=str(tiny_model_dir), dataset=str(shapes_dir), split="train[:16]", output_dir=str(whole),
                       max_steps=4, per_device_train_batch_size=4, gradient_accumulation_steps=1, learning_rate=1e-2,
-                      report_to=["none"], dataset_num_proc=1, quantization="4bit", save_steps=2, seed=3))
+                      report_to=["none"], dataset_num_proc=1, quantization="4bit", save_steps=2, save_total_limit=2,
+                      seed=3))
     cut = tmp_path / "cut"
     shutil.copytree(whole, cut)
     for later in ("checkpoint-4", "adapter_model.safetensors", "adapter_config.json", "train_summary.json"):
