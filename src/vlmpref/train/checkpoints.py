@@ -91,3 +91,19 @@ class AtomicCheckpoints:
         shutil.rmtree(staging, ignore_errors=True)
         rotate_checkpoints(output_dir=str(run_dir), save_total_limit=self.args.save_total_limit,
                            best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=False)
+
+
+class ResumeKeepsPrecision:
+    """Trainer mixin: resuming puts the adapter back in the dtypes the run trained it in.
+
+    TRL trains QLoRA adapters (LoRA A/B) in bf16, but transformers resumes a PEFT model through `load_adapter`,
+    which upcasts them to float32: the resumed run would continue in another precision and end elsewhere.
+    """
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        target = model if model is not None else self.model
+        dtypes = {name: p.dtype for name, p in target.named_parameters() if p.requires_grad}
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        for name, p in target.named_parameters():
+            if name in dtypes and p.dtype != dtypes[name]:
+                p.data = p.data.to(dtypes[name])

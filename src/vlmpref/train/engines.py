@@ -13,17 +13,18 @@ import warnings
 import torch
 from trl import DPOConfig, DPOTrainer
 
-from vlmpref.train.checkpoints import AtomicCheckpoints
+from vlmpref.train.checkpoints import AtomicCheckpoints, ResumeKeepsPrecision
 from vlmpref.train.config import TrainConfig
 from vlmpref.train.fast import FastDPOTrainer
 from vlmpref.train.guards import FiniteLossCheck
 
 
-class TrlEngine(AtomicCheckpoints, FiniteLossCheck, DPOTrainer):
-    """TRL's DPOTrainer, unchanged in what it computes; checkpoints written atomically, NaN/inf stops it."""
+class TrlEngine(AtomicCheckpoints, ResumeKeepsPrecision, FiniteLossCheck, DPOTrainer):
+    """TRL's DPOTrainer, unchanged in what it computes; checkpoints written atomically and resumed in the
+    adapter's own precision, NaN/inf stops it."""
 
 
-class FastEngine(AtomicCheckpoints, FiniteLossCheck, FastDPOTrainer):
+class FastEngine(AtomicCheckpoints, ResumeKeepsPrecision, FiniteLossCheck, FastDPOTrainer):
     """vlmpref's FastDPOTrainer with the same run guards."""
 
 
