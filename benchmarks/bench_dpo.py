@@ -14,6 +14,8 @@ and achieved TFLOP/s. Variants:
               the guide's 5 epochs); `--pairs-per-forward` pairs per forward pass
   fast-bs1    fast-exact with one pair per forward (the memory floor)
   fast-lang   language-model-only DoRA, image features and reference log-probs cached (amortized over 5 epochs)
+  ...@flex    (suffix, fast variants) the model loaded with FlexAttention: all pairs of a forward in one packed
+              row under a block mask, instead of one padded row per pair under a dense mask (sdpa)
 
 Results (GPU runs) are recorded in benchmarks/RESULTS.md. Timings are never asserted in tests; the test
 suite runs `--smoke` only to check the script works.
@@ -156,8 +158,12 @@ def run_variant(variant: str, model_dir: str, dataset, args) -> dict:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     processor = load_processor(model_dir)
+    variant, _, attention = variant.partition("@")  # "fast-lang:8@flex": FlexAttention over packed pairs
+    if attention not in ("", "flex") or (attention and variant.startswith("trl")):
+        raise SystemExit(f"unknown variant suffix @{attention}; only fast variants take @flex")
     model = load_model(model_dir, quantization=args.quantization,
-                       dtype=torch.bfloat16 if (cuda or args.quantization != "none") else torch.float32)
+                       dtype=torch.bfloat16 if (cuda or args.quantization != "none") else torch.float32,
+                       attn_implementation="flex_attention" if attention else None)
     variant, _, packing = variant.partition(":")  # "fast-lang:8" packs 8 pairs per forward
     scope = "language" if variant == "fast-lang" else "all"
     peft_config = lora_config(model, use_dora=True, scope=scope)
@@ -187,7 +193,8 @@ def run_variant(variant: str, model_dir: str, dataset, args) -> dict:
     pairs = args.timed_steps * per_step
     steady = timed / pairs
     amortized = steady + setup_extra / (EPOCHS * len(dataset))
-    result = {"variant": f"{variant}:{ppf}" if variant.startswith("fast") else variant, "pairs_per_forward": ppf, "lora_scope": scope, "timed_pairs": pairs,
+    name = f"{variant}:{ppf}{'@' + attention if attention else ''}" if variant.startswith("fast") else variant
+    result = {"variant": name, "attention": getattr(trainer, "attention", "sdpa"), "layout": getattr(trainer, "layout", None), "pairs_per_forward": ppf, "lora_scope": scope, "timed_pairs": pairs,
               "s_per_pair_steady": steady, "s_per_pair": amortized, "one_time_seconds": setup_extra,
               "setup_seconds": setup, "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30 if cuda else None,
               "image_cache": getattr(trainer, "image_cache", None) is not None}
@@ -276,7 +283,7 @@ def main(argv=None) -> int:
                 gc.collect()
                 torch.cuda.empty_cache() if torch.cuda.is_available() else None
                 continue
-            kind = variant.partition(":")[0]
+            kind = variant.partition("@")[0].partition(":")[0]
             result["tokens_per_pair"] = (2 * tokens["prompt"] + tokens["chosen"] + tokens["rejected"]
                                          if kind == "trl" else tokens["prompt"] + tokens["chosen"] + tokens["rejected"])
             result["flops_per_pair"] = flops_per_pair(kind, tokens, params)

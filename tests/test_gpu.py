@@ -178,3 +178,32 @@ def test_real_out_of_memory_in_training_is_reported_without_a_traceback(tiny_mod
     text = str(caught.value)
     assert text.startswith("CUDA ran out of memory at step 1 (peak ") and "no checkpoint" in text, text
     assert "the estimate for this run was about" in text
+
+
+def test_flex_attention_over_packed_pairs_equals_dense_masks_on_cuda(tiny_model_dir, shapes_dir, exact_float32):
+    """FlexAttention (one packed row, block mask) gives the log-probs and adapter gradients of the dense layout.
+    FlexAttention has no backward on the CPU, so only this GPU test covers the gradients."""
+    from peft import get_peft_model
+
+    from vlmpref.train.fast.forward import packed_logps
+    from vlmpref.train.fast.packing import pack, tokenize_pair
+
+    path = str(tiny_model_dir)
+    processor = load_processor(path)
+    rows = list(load_preference_data(str(shapes_dir), "test[:6]", num_proc=1).dataset)
+    pairs = [tokenize_pair(r, processor) for r in rows]
+    results = {}
+    for attn, attention, layout in (("sdpa", "dense", "rows"), ("flex_attention", "flex", "packed")):
+        torch.manual_seed(0)
+        model = load_model(path, dtype=torch.float32, device="cuda", attn_implementation=attn)
+        model = get_peft_model(model, lora_config(model, dropout=0.0))
+        out = packed_logps(model, pack(pairs, layout=layout).to("cuda"), attention=attention)
+        (out.chosen.sum() - 0.5 * out.rejected.sum()).backward()
+        grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        results[attention] = (out.chosen.detach(), out.rejected.detach(), grads)
+    (c_d, r_d, g_d), (c_f, r_f, g_f) = results["dense"], results["flex"]
+    torch.testing.assert_close(c_f, c_d, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(r_f, r_d, rtol=1e-5, atol=1e-4)
+    diff = sum(((g_f[n] - g_d[n]) ** 2).sum() for n in g_d)
+    norm = sum((g ** 2).sum() for g in g_d.values())
+    assert (diff / norm).sqrt().item() < 1e-4
