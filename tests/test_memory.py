@@ -99,3 +99,24 @@ def test_out_of_memory_in_training_is_reported_and_the_checkpoint_kept(monkeypat
                            "--pairs-per-forward 1` continues it with less memory)")
     assert "the estimate for this run was about" in text and "a new run fits with one of:" in text
     assert (out / "checkpoint-2" / "optimizer.pt").is_file()
+
+
+def test_training_asks_for_expandable_segments_unless_the_user_configured_the_allocator(monkeypatch):
+    import os
+
+    from vlmpref.models.loading import prefer_expandable_segments
+
+    for name in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF"):
+        monkeypatch.setenv(name, "")  # recorded, so the test leaves the environment as it found it
+        monkeypatch.delenv(name)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    assert prefer_expandable_segments() is None  # too late once CUDA has started: nothing is changed
+    assert "PYTORCH_CUDA_ALLOC_CONF" not in os.environ
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    assert prefer_expandable_segments() == "expandable_segments:True" == os.environ["PYTORCH_CUDA_ALLOC_CONF"]
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:128")
+    assert prefer_expandable_segments() == "max_split_size_mb:128"  # the user's choice wins
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF")
+    monkeypatch.setenv("PYTORCH_ALLOC_CONF", "backend:cudaMallocAsync")
+    assert prefer_expandable_segments() == "backend:cudaMallocAsync"
+    assert "PYTORCH_CUDA_ALLOC_CONF" not in os.environ

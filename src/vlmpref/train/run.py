@@ -24,7 +24,7 @@ from vlmpref import config as config_io
 from vlmpref.data import PreferenceData, load_preference_data
 from vlmpref.errors import VlmprefError
 from vlmpref.models import load_model, load_processor, lora_config
-from vlmpref.models.loading import default_device, supports_bf16
+from vlmpref.models.loading import default_device, prefer_expandable_segments, supports_bf16
 from vlmpref.models.shapes import set_image_longest_edge
 from vlmpref.config import describe_preset
 from vlmpref.train.checkpoints import last_checkpoint, remove_partial_checkpoints
@@ -98,6 +98,7 @@ def train(cfg: TrainConfig, callbacks=None) -> TrainResult:
     With `cfg.resume` set, continue the run in that folder from its last complete checkpoint instead.
     """
     started = time.time()
+    alloc_conf = prefer_expandable_segments()
     checkpoint = None
     if cfg.resume:
         checkpoint = check_resumable(cfg)
@@ -158,6 +159,7 @@ def train(cfg: TrainConfig, callbacks=None) -> TrainResult:
         trained.save_pretrained(out)
         processor.save_pretrained(out)
     summary = _summary(cfg, trainer, data, device, time.time() - started, checkpoint, interrupted)
+    summary["cuda_alloc_conf"] = alloc_conf if device.type == "cuda" else None
     (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
     return TrainResult(output_dir=out, model=trained, processor=processor, data=data, summary=summary,
                        interrupted=interrupted, checkpoint=last_checkpoint(out))
