@@ -97,7 +97,8 @@ class ResumeKeepsPrecision:
     """Trainer mixin: resuming puts the adapter back in the dtypes the run trained it in.
 
     TRL trains QLoRA adapters (LoRA A/B) in bf16, but transformers resumes a PEFT model through `load_adapter`,
-    which upcasts them to float32: the resumed run would continue in another precision and end elsewhere.
+    which upcasts them to float32 (PEFT's autocast_adapter_dtype, huggingface/peft#1706; its opt-out does not
+    reach quantized models, peft#2889): the resumed run would continue in another precision and end elsewhere.
     """
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
