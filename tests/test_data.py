@@ -8,7 +8,6 @@ import pytest
 from PIL import Image
 
 from vlmpref.data import load_preference_data
-from vlmpref.data.synthetic import make_splits
 from vlmpref.errors import VlmprefError
 
 QUESTION, CHOSEN, REJECTED = "What color is the circle?", "The circle is red.", "The circle is blue."

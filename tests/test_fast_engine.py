@@ -1,10 +1,8 @@
 """The fast engine computes what TRL computes: same log-probs, losses, gradients; caches change nothing."""
 
-import copy
-
 import pytest
 import torch
-from trl import DPOConfig, DPOTrainer
+from trl import DPOConfig
 from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
 
 from vlmpref.data import load_preference_data
@@ -15,6 +13,8 @@ from vlmpref.train.fast.caches import ImageFeatureCache, ReferenceLogps
 from vlmpref.train.fast.forward import packed_logps
 from vlmpref.train.fast.losses import LossInputs, combined_loss
 from vlmpref.train.fast.packing import CHOSEN, PROMPT, REJECTED, dense_mask, pack, tokenize_pair
+
+from helpers import trl_and_fast_on_one_batch
 
 
 @pytest.fixture(scope="module")
@@ -116,47 +116,16 @@ def test_loss_and_gradients_equal_duplicated_in_float64(tiny_model_dir, rows, lo
         assert error < 1e-6, f"{name}: relative gradient error {error:.2e}"
 
 
-def _trl_config(tmp_path, name, losses, **kw):
-    return DPOConfig(output_dir=str(tmp_path / name), per_device_train_batch_size=6, bf16=False, use_cpu=True,
-                     report_to=[], loss_type=losses, beta=0.3, activation_checkpointing=False, **kw)
-
-
 @pytest.mark.parametrize("losses", [["sigmoid"], ["ipo"], ["hinge"], ["sigmoid", "sft"]])
 def test_equals_trl_dpotrainer_on_the_same_batch(tiny_model_dir, rows, tmp_path, losses):
     """Same weights, same batch: TRL's DPOTrainer.compute_loss and ours agree (float32)."""
-    path = str(tiny_model_dir)
-    processor = load_processor(path)
     from datasets import Dataset
 
     dataset = Dataset.from_list([dict(r) for r in rows]).select_columns(["images", "prompt", "chosen", "rejected"])
-    model_trl, model_fast = load_model(path), load_model(path)
-    peft_config = lora_config(model_trl, use_dora=True)
-    trl_trainer = DPOTrainer(model=model_trl, args=_trl_config(tmp_path, "trl", losses), train_dataset=dataset,
-                             processing_class=processor, peft_config=peft_config)
-    fast = FastDPOTrainer(model=model_fast, args=_trl_config(tmp_path, "fast", losses), train_dataset=dataset,
-                          processing_class=load_processor(path), peft_config=copy.deepcopy(peft_config))
-    generator = torch.Generator().manual_seed(1)
-    fast_params = dict(fast.model.named_parameters())
-    with torch.no_grad():
-        for name, p in trl_trainer.model.named_parameters():
-            if p.requires_grad:
-                noise = torch.randn(p.shape, generator=generator) * 0.05
-                p.add_(noise)
-                fast_params[name].add_(noise)
-    trl_batch = trl_trainer.data_collator([dict(r) for r in dataset])
-    fast_batch = fast.data_collator([dict(r) for r in fast.train_dataset])
-    trl_trainer.model.train()
-    fast.model.train()
-    loss_trl = trl_trainer.compute_loss(trl_trainer.model, trl_batch)
-    loss_fast = fast.compute_loss(fast.model, fast_batch)
+    trl_trainer, fast, loss_trl, loss_fast, grad_error = trl_and_fast_on_one_batch(str(tiny_model_dir), dataset,
+                                                                                  tmp_path, losses)
     assert loss_fast.item() == pytest.approx(loss_trl.item(), rel=1e-5)
-    loss_trl.backward()
-    loss_fast.backward()
-    # float32 sums in a different order: compare gradients norm-wise over all adapter parameters
-    diff = sum(((p.grad - fast_params[n].grad) ** 2).sum() for n, p in trl_trainer.model.named_parameters()
-               if p.requires_grad)
-    norm = sum((p.grad ** 2).sum() for p in trl_trainer.model.parameters() if p.requires_grad)
-    assert (diff / norm).sqrt().item() < 5e-5
+    assert grad_error < 5e-5
     for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen"):
         assert fast._metrics["train"][key][0] == pytest.approx(trl_trainer._metrics["train"][key][0],
                                                                rel=1e-4, abs=1e-6), key

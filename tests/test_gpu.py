@@ -6,22 +6,18 @@ and memory limits are met with the messages the CPU tests promise (there with CU
 benchmarks/RESULTS.md records where these ran last.
 """
 
-import copy
-import shutil
-
 import pytest
 import torch
-from trl import DPOConfig, DPOTrainer
 from transformers import TrainerCallback
 
-from vlmpref import config as config_io
 from vlmpref.data import load_preference_data
 from vlmpref.errors import VlmprefError
 from vlmpref.models import load_model, load_processor, lora_config
 from vlmpref.models.estimate import GIB
 from vlmpref.train import TrainConfig, train
-from vlmpref.train.fast import FastDPOTrainer
 from vlmpref.train.memory import check_memory
+
+from helpers import cut_and_resume, trl_and_fast_on_one_batch
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -60,40 +56,13 @@ class _Hog:
 def test_fast_engine_equals_trl_on_cuda_in_float32(tiny_model_dir, shapes_dir, tmp_path, exact_float32):
     from datasets import Dataset
 
-    path = str(tiny_model_dir)
     rows = list(load_preference_data(str(shapes_dir), "test[:6]", num_proc=1).dataset)
     dataset = Dataset.from_list([dict(r) for r in rows]).select_columns(["images", "prompt", "chosen", "rejected"])
-    args = dict(per_device_train_batch_size=6, bf16=False, report_to=[], loss_type=["sigmoid", "sft"], beta=0.3,
-                activation_checkpointing=False)
-    model_trl, model_fast = (load_model(path, dtype=torch.float32, device="cuda") for _ in range(2))
-    peft_config = lora_config(model_trl, use_dora=True)
-    trl_trainer = DPOTrainer(model=model_trl, args=DPOConfig(output_dir=str(tmp_path / "trl"), **args),
-                             train_dataset=dataset, processing_class=load_processor(path), peft_config=peft_config)
-    fast = FastDPOTrainer(model=model_fast, args=DPOConfig(output_dir=str(tmp_path / "fast"), **args),
-                          train_dataset=dataset, processing_class=load_processor(path),
-                          peft_config=copy.deepcopy(peft_config))
-    generator = torch.Generator().manual_seed(1)
-    fast_params = dict(fast.model.named_parameters())
-    with torch.no_grad():  # a trained-looking adapter, so policy and reference differ
-        for name, p in trl_trainer.model.named_parameters():
-            if p.requires_grad:
-                noise = (torch.randn(p.shape, generator=generator) * 0.05).to(p.device)
-                p.add_(noise)
-                fast_params[name].add_(noise)
-    trl_batch = trl_trainer._prepare_inputs(trl_trainer.data_collator([dict(r) for r in dataset]))
-    fast_batch = fast._prepare_inputs(fast.data_collator([dict(r) for r in fast.train_dataset]))
-    trl_trainer.model.train()
-    fast.model.train()
-    loss_trl = trl_trainer.compute_loss(trl_trainer.model, trl_batch)
-    loss_fast = fast.compute_loss(fast.model, fast_batch)
+    _, _, loss_trl, loss_fast, grad_error = trl_and_fast_on_one_batch(str(tiny_model_dir), dataset, tmp_path,
+                                                                      ["sigmoid", "sft"], device="cuda")
     assert loss_fast.device.type == "cuda"
     assert loss_fast.item() == pytest.approx(loss_trl.item(), rel=1e-5)
-    loss_trl.backward()
-    loss_fast.backward()
-    diff = sum(((p.grad - fast_params[n].grad) ** 2).sum() for n, p in trl_trainer.model.named_parameters()
-               if p.requires_grad)
-    norm = sum((p.grad ** 2).sum() for p in trl_trainer.model.parameters() if p.requires_grad)
-    assert (diff / norm).sqrt().item() < 5e-5
+    assert grad_error < 5e-5
 
 
 @pytest.mark.parametrize("engine", ["fast", "trl"])
@@ -122,17 +91,8 @@ def test_resume_on_cuda_continues_to_the_same_adapter(tiny_model_dir, shapes_dir
     adapter of the uninterrupted run: optimizer, scheduler, CUDA RNG and data order come back."""
     from safetensors.torch import load_file
 
-    whole = tmp_path / "whole"
-    train(TrainConfig(model=str(tiny_model_dir), dataset=str(shapes_dir), split="train[:16]", output_dir=str(whole),
-                      max_steps=4, per_device_train_batch_size=4, gradient_accumulation_steps=1, learning_rate=1e-2,
-                      report_to=["none"], dataset_num_proc=1, quantization="4bit", save_steps=2, save_total_limit=2,
-                      seed=3))
-    cut = tmp_path / "cut"
-    shutil.copytree(whole, cut)
-    for later in ("checkpoint-4", "adapter_model.safetensors", "adapter_config.json", "train_summary.json"):
-        target = cut / later
-        shutil.rmtree(target) if target.is_dir() else target.unlink()
-    resumed = train(config_io.resolve(TrainConfig, resume=str(cut)))
+    whole, cut, resumed = cut_and_resume(tmp_path, model=str(tiny_model_dir), dataset=str(shapes_dir),
+                                         split="train[:16]", quantization="4bit")
     assert resumed.summary["resumed_from"] == "checkpoint-2" and resumed.summary["reference_logps"] == "reused"
     expected, got = load_file(whole / "adapter_model.safetensors"), load_file(cut / "adapter_model.safetensors")
     assert expected.keys() == got.keys()

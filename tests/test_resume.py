@@ -4,7 +4,6 @@ SIGTERM stop cleanly with a checkpoint; half-written checkpoints are never picke
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,6 +19,8 @@ from vlmpref.cli import main
 from vlmpref.errors import VlmprefError
 from vlmpref.train import TrainConfig, train
 from vlmpref.train.checkpoints import STAGING, last_checkpoint, remove_partial_checkpoints
+
+from helpers import cut_and_resume
 
 KILLS = 3
 
@@ -297,17 +298,8 @@ def test_infinite_gradient_norm_stops_before_the_update():
 def test_resume_of_a_4bit_run_keeps_the_adapter_precision(tiny_model_dir, shapes_dir, tmp_path):
     """TRL trains QLoRA adapters in bf16; PEFT's load_adapter (used on resume) would upcast them to float32, and the
     resumed run would continue in another precision. A run cut after checkpoint-2 must end as the whole run does."""
-    whole = tmp_path / "whole"
-    train(TrainConfig(model=str(tiny_model_dir), dataset=str(shapes_dir), split="train[:16]", output_dir=str(whole),
-                      max_steps=4, per_device_train_batch_size=4, gradient_accumulation_steps=1, learning_rate=1e-2,
-                      report_to=["none"], dataset_num_proc=1, quantization="4bit", save_steps=2, save_total_limit=2,
-                      gradient_checkpointing=False, seed=3))
-    cut = tmp_path / "cut"
-    shutil.copytree(whole, cut)
-    for later in ("checkpoint-4", "adapter_model.safetensors", "adapter_config.json", "train_summary.json"):
-        target = cut / later
-        shutil.rmtree(target) if target.is_dir() else target.unlink()
-    resumed = train(config_io.resolve(TrainConfig, resume=str(cut)))
+    whole, cut, resumed = cut_and_resume(tmp_path, model=str(tiny_model_dir), dataset=str(shapes_dir),
+                                         split="train[:16]", quantization="4bit", gradient_checkpointing=False)
     assert resumed.summary["resumed_from"] == "checkpoint-2"
     expected, got = load_file(whole / "adapter_model.safetensors"), load_file(cut / "adapter_model.safetensors")
     assert {t.dtype for t in expected.values()} == {torch.bfloat16, torch.float32}  # A/B bf16, DoRA magnitude fp32

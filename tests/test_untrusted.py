@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from vlmpref.data import load_preference_data
 from vlmpref.errors import VlmprefError
-from vlmpref.models import load_model, load_processor
+from vlmpref.models import load_model
 
 
 @pytest.fixture()

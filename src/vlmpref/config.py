@@ -116,7 +116,7 @@ def check_keys(cls: type, values: dict[str, Any], source: str) -> None:
     for key in values:
         if key not in valid:
             near = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
-            hint = f"; did you mean '{near[0]}'?" if near else f"; valid keys are listed by --help."
+            hint = f"; did you mean '{near[0]}'?" if near else "; valid keys are listed by --help."
             raise VlmprefError(f"Unknown option '{key}' in {source}{hint}")
 
 

@@ -153,7 +153,7 @@ class TrainConfig:
         if self.beta <= 0:
             raise VlmprefError(f"--beta must be positive, not {self.beta}.")
         if self.max_steps == 0 or self.max_steps < -1:
-            raise VlmprefError(f"--max-steps must be positive, or -1 to train for --num-train-epochs.")
+            raise VlmprefError("--max-steps must be positive, or -1 to train for --num-train-epochs.")
         if not 0 <= self.lora_dropout < 1:
             raise VlmprefError(f"--lora-dropout must be in [0, 1), not {self.lora_dropout}.")
         unknown = [t for t in self.loss_type if t not in LOSS_TYPES]
