@@ -30,6 +30,15 @@ def tiny_llava_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_smolvlm_dir(tmp_path_factory):
+    """SmolVLM2's model class (model_type smolvlm) at the tiny Idefics3 sizes."""
+    from vlmpref.models.tiny import TinyModelConfig, save_tiny_model
+
+    return save_tiny_model(TinyModelConfig(output_dir=str(tmp_path_factory.mktemp("tiny") / "smolvlm"),
+                                           architecture="smolvlm"))
+
+
+@pytest.fixture(scope="session")
 def shapes_dir(tmp_path_factory):
     """The shapes world, 8 training and 4 held-out images (40 and 20 rows), written with save_to_disk."""
     from vlmpref.data.synthetic import make_splits

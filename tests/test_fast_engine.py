@@ -60,7 +60,7 @@ def test_pairs_never_see_each_other(tiny_model_dir, rows):
 
 
 @pytest.mark.parametrize("layout", ["rows", "packed"])
-@pytest.mark.parametrize("fixture", ["tiny_model_dir", "tiny_llava_dir"])
+@pytest.mark.parametrize("fixture", ["tiny_model_dir", "tiny_smolvlm_dir", "tiny_llava_dir"])
 def test_shared_prefix_logps_equal_duplicated_in_float64(request, fixture, layout, rows):
     path = str(request.getfixturevalue(fixture))
     model, processor = load_model(path, dtype=torch.float64), load_processor(path)
@@ -295,3 +295,33 @@ def test_drop_in_for_trl_on_raw_rlaif_v_style_rows(tiny_model_dir, tmp_path, ima
     assert trainer.state.global_step == 2
     assert any(not torch.equal(before[n], p) for n, p in trainer.model.named_parameters() if p.requires_grad)
     assert len(trainer.reference) == 4
+
+
+def test_every_family_the_engine_accepts_is_checked_above():
+    from vlmpref.train.fast import FAST_MODEL_TYPES
+
+    checked = {"idefics3", "smolvlm", "llava"}  # the fixtures of the float64 comparison
+    assert set(FAST_MODEL_TYPES) == checked
+
+
+def test_an_unsupported_family_falls_back_to_trl_with_a_notice(tiny_llava_dir, shapes_dir, tmp_path, monkeypatch,
+                                                                capsys):
+    """Stands in for a family the fast engine does not handle (Qwen2-VL's 3-D positions, say) by taking LLaVA
+    off the list: `vlmpref train` says so in one line and trains with TRL; the drop-in class refuses."""
+    import vlmpref.train.fast.forward as forward
+    from vlmpref.train import TrainConfig, train
+
+    monkeypatch.setattr(forward, "FAST_MODEL_TYPES", ("idefics3", "smolvlm"))
+    result = train(TrainConfig(model=str(tiny_llava_dir), dataset=str(shapes_dir), split="train[:4]",
+                               output_dir=str(tmp_path / "o"), max_steps=1, per_device_train_batch_size=2,
+                               gradient_accumulation_steps=1, report_to=["none"], dataset_num_proc=1,
+                               quantization="none", engine="fast"))
+    assert ("note: the fast engine does not handle llava models; training with TRL's DPOTrainer (--engine trl) "
+            "instead.") in capsys.readouterr().out
+    assert result.summary["engine"] == "trl" and result.summary["steps"] == 1
+    dataset = load_preference_data(str(shapes_dir), "train[:2]", num_proc=1).dataset
+    with pytest.raises(ValueError, match="FastDPOTrainer supports idefics3, smolvlm models, not llava; "
+                                         "use trl.DPOTrainer"):
+        FastDPOTrainer(model=load_model(str(tiny_llava_dir)), args=DPOConfig(str(tmp_path / "f"), use_cpu=True,
+                                                                           report_to=[]),
+                       train_dataset=dataset, processing_class=load_processor(str(tiny_llava_dir)))

@@ -2,6 +2,7 @@
 
     vlmpref tiny-model --output-dir runs/tiny                       # Idefics3 (SmolVLM architecture)
     vlmpref tiny-model --output-dir runs/tiny-llava --architecture llava
+    vlmpref tiny-model --output-dir runs/tiny-smolvlm2 --architecture smolvlm   # SmolVLM2's model class
 
 Each model is saved with `save_pretrained` together with its processor (a small byte-level BPE tokenizer
 with a SmolVLM-style chat template), so tests and smoke runs load it through the ordinary
@@ -23,6 +24,7 @@ from transformers import (
     LlavaConfig,
     LlavaProcessor,
     PreTrainedTokenizerFast,
+    SmolVLMConfig,
 )
 from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
 from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
@@ -31,7 +33,7 @@ from vlmpref.data.synthetic import text_corpus
 from vlmpref.errors import VlmprefError
 
 # Qwen2-VL is left out: its processor needs a video processor, which needs torchvision.
-Architecture = Literal["idefics3", "llava"]
+Architecture = Literal["idefics3", "smolvlm", "llava"]
 
 PAD, BOS, EOS = "<|endoftext|>", "<|im_start|>", "<end_of_utterance>"
 IDEFICS3_TOKENS = ["<fake_token_around_image>", "<image>", "<global-img>"] + [
@@ -56,7 +58,7 @@ class TinyModelConfig:
 
     output_dir: str = field(metadata={"help": "Folder to write the model, processor and tokenizer to."})
     architecture: Architecture = field(default="idefics3", metadata={
-        "help": "Model family: idefics3 (SmolVLM) or llava."})
+        "help": "Model family: idefics3 (SmolVLM), smolvlm (SmolVLM2's model class) or llava."})
     image_size: int = field(default=64, metadata={"help": "Square input resolution of the vision tower, pixels."})
     patch_size: int = field(default=8, metadata={"help": "Vision patch size, pixels."})
     vision_hidden_size: int = field(default=64, metadata={"help": "Vision tower width."})
@@ -133,7 +135,16 @@ def _llava(cfg: TinyModelConfig):
     return config, processor
 
 
-_BUILDERS = {"idefics3": _idefics3, "llava": _llava}
+def _smolvlm(cfg: TinyModelConfig):
+    # SmolVLM2's model class is Idefics3's under another name; the Idefics3 processor feeds it the same inputs
+    # (SmolVLM2's own processor also handles video, which needs torchvision)
+    config, processor = _idefics3(cfg)
+    fields = {k: v for k, v in config.to_dict().items() if k not in ("model_type", "architectures",
+                                                                      "transformers_version")}
+    return SmolVLMConfig(**fields), processor
+
+
+_BUILDERS = {"idefics3": _idefics3, "smolvlm": _smolvlm, "llava": _llava}
 
 
 def build_tiny_model(cfg: TinyModelConfig):

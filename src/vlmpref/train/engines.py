@@ -15,7 +15,7 @@ from trl import DPOConfig, DPOTrainer
 
 from vlmpref.train.checkpoints import AtomicCheckpoints, ResumeKeepsPrecision
 from vlmpref.train.config import TrainConfig
-from vlmpref.train.fast import FastDPOTrainer
+from vlmpref.train.fast import FastDPOTrainer, supports_model
 from vlmpref.train.guards import FiniteLossCheck
 
 
@@ -63,7 +63,10 @@ def make_trainer(cfg: TrainConfig, model, processor, peft_config, train_dataset,
     with warnings.catch_warnings():
         # TRL warns that its dataset is not tokenized up front; that is expected for vision data
         warnings.simplefilter("ignore", UserWarning)
-        if cfg.engine == "trl":
+        if cfg.engine == "fast" and not supports_model(model):
+            print(f"note: the fast engine does not handle {model.config.model_type} models; training with TRL's "
+                  "DPOTrainer (--engine trl) instead.")
+        if cfg.engine == "trl" or not supports_model(model):
             return TrlEngine(**common)
         return FastEngine(**common, pairs_per_forward=cfg.pairs_per_forward,
                           image_cache={"auto": "auto", "on": True, "off": False}[cfg.image_cache],

@@ -29,7 +29,7 @@ from vlmpref.models.shapes import set_image_longest_edge
 from vlmpref.config import describe_preset
 from vlmpref.train.checkpoints import last_checkpoint, remove_partial_checkpoints
 from vlmpref.train.config import CONFIG_NAME, TrainConfig
-from vlmpref.train.engines import make_trainer
+from vlmpref.train.engines import TrlEngine, make_trainer
 from vlmpref.train.guards import NonFiniteLoss, StopOnSignal, stop_on_signals
 from vlmpref.train.lengths import apply_length_policy
 from vlmpref.train.memory import check_memory, out_of_memory_error
@@ -169,7 +169,7 @@ def _summary(cfg: TrainConfig, trainer, data: PreferenceData, device, elapsed: f
     pairs = trainer.state.global_step * cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
     reused = getattr(trainer, "reference_reused", None)
     return {
-        "engine": cfg.engine,
+        "engine": "trl" if isinstance(trainer, TrlEngine) else "fast",  # trl also when fast fell back
         "steps": trainer.state.global_step,
         "max_steps": trainer.state.max_steps,
         "pairs_seen": pairs,

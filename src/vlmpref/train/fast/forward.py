@@ -15,6 +15,17 @@ from torch.utils.checkpoint import checkpoint
 from vlmpref.train.fast.packing import PackedBatch, block_mask, dense_mask
 
 
+# Families whose pieces combine as above: 1-D positions, image features that replace the image tokens one for
+# one. Each is checked against the duplicated (TRL) formulation in tests/test_fast_engine.py. Others, such as
+# Qwen2-VL with its 3-D rotary positions, would be computed wrongly, so they are refused.
+FAST_MODEL_TYPES = ("idefics3", "smolvlm", "llava")
+
+
+def supports_model(model) -> bool:
+    """Whether the fast engine computes this model's log-probs correctly (PEFT wrappers look through)."""
+    return getattr(model.config, "model_type", None) in FAST_MODEL_TYPES
+
+
 def image_token_id(model) -> int:
     config = model.config
     for name in ("image_token_id", "image_token_index"):

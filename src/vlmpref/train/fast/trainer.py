@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from trl import DPOConfig, DPOTrainer
 from trl.trainer.utils import use_adapter
 
-from vlmpref.train.fast import dora
+from vlmpref.train.fast import dora, forward
 from vlmpref.train.fast.caches import ImageFeatureCache, ReferenceLogps, images_key, model_fingerprint
 from vlmpref.train.fast.forward import image_features, packed_logps
 from vlmpref.train.fast.losses import LOSS_TYPES, LossInputs, combined_loss
@@ -131,6 +131,9 @@ class FastDPOTrainer(DPOTrainer):
                          compute_metrics=compute_metrics, callbacks=callbacks, optimizers=optimizers,
                          quantization_config=quantization_config, peft_config=peft_config)
         unwrapped = self.accelerator.unwrap_model(self.model)
+        if not forward.supports_model(unwrapped):
+            raise ValueError(f"FastDPOTrainer supports {', '.join(forward.FAST_MODEL_TYPES)} models, not "
+                             f"{unwrapped.config.model_type}; use trl.DPOTrainer for this model.")
         dora.skip_zero_dropout(unwrapped)
         self._dora_layers = dora.enable_norm_cache(unwrapped)
         if attention == "auto":
