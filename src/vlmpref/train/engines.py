@@ -63,10 +63,11 @@ def make_trainer(cfg: TrainConfig, model, processor, peft_config, train_dataset,
     with warnings.catch_warnings():
         # TRL warns that its dataset is not tokenized up front; that is expected for vision data
         warnings.simplefilter("ignore", UserWarning)
-        if cfg.engine == "fast" and not supports_model(model):
+        if cfg.engine == "trl":
+            return TrlEngine(**common)
+        if not supports_model(model):
             print(f"note: the fast engine does not handle {model.config.model_type} models; training with TRL's "
                   "DPOTrainer (--engine trl) instead.")
-        if cfg.engine == "trl" or not supports_model(model):
             return TrlEngine(**common)
         return FastEngine(**common, pairs_per_forward=cfg.pairs_per_forward,
                           image_cache={"auto": "auto", "on": True, "off": False}[cfg.image_cache],
