@@ -1,6 +1,8 @@
 """Side-by-side DPO benchmark: TRL's DPOTrainer (the guide's recipe) against vlmpref's fast engine.
 
     python benchmarks/bench_dpo.py --models smolvlm-256m smolvlm-2.2b --out runs/bench.json   # one GPU
+    python benchmarks/bench_dpo.py --variants trl fast-exact fast-lang --memory-cap 8 12       # as on 8 / 12 GB cards
+    python benchmarks/bench_dpo.py --whole-command 48 --memory-cap 12 --variants               # `vlmpref train` timed
     python benchmarks/bench_dpo.py --smoke                                                     # CPU, seconds
 
 Both engines train the same random-weight replica (SmolVLM configs, loaded through vlmpref's normal 4-bit
@@ -11,11 +13,18 @@ and achieved TFLOP/s. Variants:
 
   trl         TRL 1.16 DPOTrainer, DoRA on q/k/v/o/gate/up/down (vision included), batch 1: the reference
   fast-exact  the same trainable parameters, no image cache; reference log-probs once (cost amortized over
-              the guide's 5 epochs); `--pairs-per-forward` pairs per forward pass
+              the guide's 5 epochs); pairs per forward chosen as `vlmpref train` chooses them (auto), or N
+              with `fast-exact:N`
   fast-bs1    fast-exact with one pair per forward (the memory floor)
   fast-lang   language-model-only DoRA, image features and reference log-probs cached (amortized over 5 epochs)
   ...@flex    (suffix, fast variants) the model loaded with FlexAttention: all pairs of a forward in one packed
               row under a block mask, instead of one padded row per pair under a dense mask (sdpa)
+
+`--memory-cap GIB ...` runs every variant once per cap, standing for a card of that many GiB: PyTorch may
+reserve the cap minus this process's CUDA context (torch.cuda.set_per_process_memory_fraction), and auto
+packing plans within it. Ratios are taken against the TRL row of the same cap. `--whole-command N` also times
+the whole `vlmpref train` command (start, model load, data check, one-time pass, one epoch of N pairs, save)
+for the shipped configs dpo-guide-trl.yaml, dpo-guide.yaml and dpo-language-only.yaml with no tuning flags.
 
 Results (GPU runs) are recorded in benchmarks/RESULTS.md. Timings are never asserted in tests; the test
 suite runs `--smoke` only to check the script works.
@@ -147,7 +156,24 @@ class StepTimer:
         self.callback = _Callback()
 
 
-def run_variant(variant: str, model_dir: str, dataset, args) -> dict:
+def context_gib() -> float:
+    """GiB the CUDA context takes outside PyTorch's allocator (measured once, before any tensor is allocated)."""
+    free, total = torch.cuda.mem_get_info()
+    return (total - free - torch.cuda.memory_reserved()) / 2**30
+
+
+def apply_cap(cap: float | None, context: float) -> float | None:
+    """Let PyTorch reserve at most `cap` minus the CUDA context: a card of `cap` GiB. Returns that budget."""
+    if cap is None or not torch.cuda.is_available():
+        if torch.cuda.is_available():
+            torch.cuda.set_per_process_memory_fraction(1.0)
+        return None
+    budget = cap - context
+    torch.cuda.set_per_process_memory_fraction(budget * 2**30 / torch.cuda.get_device_properties(0).total_memory)
+    return budget
+
+
+def run_variant(variant: str, model_dir: str, dataset, args, budget: float | None = None) -> dict:
     from trl import DPOConfig, DPOTrainer
 
     from vlmpref.models import load_model, load_processor, lora_config
@@ -168,7 +194,8 @@ def run_variant(variant: str, model_dir: str, dataset, args) -> dict:
     scope = "language" if variant == "fast-lang" else "all"
     peft_config = lora_config(model, use_dora=True, scope=scope)
     per_step = args.pairs_per_step
-    ppf = int(packing) if packing else {"trl": 1, "fast-bs1": 1}.get(variant, args.pairs_per_forward)
+    # no :N on a fast variant: auto, as `vlmpref train` packs by default
+    ppf = int(packing) if packing else {"trl": 1, "fast-bs1": 1}.get(variant, "auto")
     # A fresh folder per variant and run: a reused one would hand over stored reference log-probs
     output_dir = tempfile.mkdtemp(prefix=f"{variant}-{ppf}-", dir=args.work)
     config = DPOConfig(output_dir=output_dir, per_device_train_batch_size=1,
@@ -185,7 +212,7 @@ def run_variant(variant: str, model_dir: str, dataset, args) -> dict:
     else:
         trainer = FastDPOTrainer(model=model, args=config, train_dataset=dataset, processing_class=processor,
                                  peft_config=peft_config, callbacks=[timer.callback], pairs_per_forward=ppf,
-                                 image_cache="auto")
+                                 memory_budget_gib=budget, image_cache="auto")
         setup_extra = trainer.reference_seconds  # reference pass (+ image cache fill): once for all epochs
     setup = time.perf_counter() - started
     trainer.train()
@@ -193,8 +220,14 @@ def run_variant(variant: str, model_dir: str, dataset, args) -> dict:
     pairs = args.timed_steps * per_step
     steady = timed / pairs
     amortized = steady + setup_extra / (EPOCHS * len(dataset))
-    name = f"{variant}:{ppf}{'@' + attention if attention else ''}" if variant.startswith("fast") else variant
-    result = {"variant": name, "attention": getattr(trainer, "attention", "sdpa"), "layout": getattr(trainer, "layout", None), "pairs_per_forward": ppf, "lora_scope": scope, "timed_pairs": pairs,
+    used = getattr(trainer, "pairs_per_forward", ppf)  # after auto packing and any out-of-memory fallback
+    shown = f"auto={used}" if ppf == "auto" else ppf
+    name = f"{variant}:{shown}{'@' + attention if attention else ''}" if variant.startswith("fast") else variant
+    packing_plan = getattr(trainer, "packing", None)
+    result = {"variant": name, "attention": getattr(trainer, "attention", "sdpa"),
+              "layout": getattr(trainer, "layout", None), "pairs_per_forward": used,
+              "packing": packing_plan.as_dict() if packing_plan else None, "memory_cap_gib": args.current_cap,
+              "lora_scope": scope, "timed_pairs": pairs,
               "s_per_pair_steady": steady, "s_per_pair": amortized, "one_time_seconds": setup_extra,
               "setup_seconds": setup, "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30 if cuda else None,
               "image_cache": getattr(trainer, "image_cache", None) is not None}
@@ -219,16 +252,61 @@ def build_model_dir(name: str, root: Path, smoke: bool) -> str:
     return str(out)
 
 
+def whole_command(model_dir: str, dataset, root: Path, pairs: int, cap: float | None) -> list[dict]:
+    """`vlmpref train --config <shipped config>` with no tuning flags, one epoch on `pairs` pairs, timed from the
+    command's start to its exit; the config's Hub model and data are swapped for the replica and a local copy."""
+    import subprocess
+
+    import yaml
+
+    data_dir = root / f"whole-command-data-{pairs}"
+    if not data_dir.exists():
+        dataset.select(range(min(pairs, len(dataset)))).save_to_disk(str(data_dir))
+    configs = Path(__file__).resolve().parents[1] / "configs" / "smolvlm-instruct"
+    out = []
+    for config in ("dpo-guide-trl.yaml", "dpo-guide.yaml", "dpo-language-only.yaml"):
+        values = yaml.safe_load((configs / config).read_text())
+        for key in ("eval_dataset", "eval_split", "eval_steps", "split"):  # no Hub eval set; the whole local split
+            values.pop(key, None)
+        values.update(model=model_dir, dataset=str(data_dir), num_train_epochs=1, report_to=["none"],
+                      output_dir=str(root / f"whole-{config[:-5]}-{cap}"), overwrite=True)
+        if cap is not None:
+            values["max_gpu_memory"] = cap - (context_gib() if torch.cuda.is_available() else 0.0)
+        local = root / f"whole-{config}"
+        local.write_text(yaml.safe_dump(values))
+        command = [sys.executable, "-m", "vlmpref", "train", "--config", str(local)]
+        print(f"[whole command] {config} ...", flush=True)
+        started = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True)
+        seconds = time.perf_counter() - started
+        summary_path = Path(values["output_dir"]) / "train_summary.json"
+        summary = json.loads(summary_path.read_text()) if done.returncode == 0 and summary_path.is_file() else {}
+        row = {"config": config, "returncode": done.returncode, "wall_seconds": round(seconds, 1),
+               "memory_cap_gib": cap, "engine": summary.get("engine"), "pairs_trained": summary.get("pairs_trained"),
+               "pairs_per_forward": summary.get("pairs_per_forward"), "one_time_seconds": summary.get("one_time_seconds"),
+               "train_seconds": summary.get("train_seconds"), "peak_memory_gib": summary.get("peak_memory_gib"),
+               "last_line": done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.stderr[-500:]}
+        print(json.dumps(row), flush=True)
+        out.append(row)
+    trl = next((r for r in out if r["engine"] == "trl" and r["returncode"] == 0), None)
+    for row in out:
+        row["speedup_vs_trl"] = trl["wall_seconds"] / row["wall_seconds"] if trl and row["returncode"] == 0 else None
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["smolvlm-256m", "smolvlm-2.2b"], help="Replica names.")
-    parser.add_argument("--variants", nargs="+", default=["trl", "fast-exact", "fast-bs1", "fast-lang"],
-                        help="trl, fast-exact, fast-bs1, fast-lang; append :N to pack N pairs per forward.")
+    parser.add_argument("--variants", nargs="*", default=["trl", "fast-exact", "fast-bs1", "fast-lang"],
+                        help="trl, fast-exact, fast-bs1, fast-lang; append :N to pack N pairs per forward (else auto).")
     parser.add_argument("--pairs", type=int, default=24, help="Distinct pairs in the dataset.")
     parser.add_argument("--pairs-per-step", type=int, default=8, help="Pairs per optimizer step (all variants).")
     parser.add_argument("--timed-steps", type=int, default=2, help="Optimizer steps timed after one warm-up step.")
-    parser.add_argument("--pairs-per-forward", type=int, default=4, help="fast-exact / fast-lang packing.")
+    parser.add_argument("--memory-cap", type=float, nargs="+", default=None,
+                        help="Run every variant once per cap, as on a card of that many GiB (see above).")
+    parser.add_argument("--whole-command", type=int, default=0, metavar="PAIRS",
+                        help="Also time `vlmpref train` with the shipped configs, one epoch of this many pairs.")
     parser.add_argument("--image-size", type=int, nargs=2, default=[640, 480])
     parser.add_argument("--answer-words", type=int, default=90)
     parser.add_argument("--quantization", default="4bit")
@@ -239,7 +317,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.smoke:
         args.models, args.pairs, args.pairs_per_step, args.timed_steps = ["tiny"], 4, 2, 1
-        args.pairs_per_forward, args.image_size, args.answer_words = 2, [64, 48], 12
+        args.image_size, args.answer_words = [64, 48], 12
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     from transformers.utils import logging as hf_logging
 
@@ -253,12 +331,15 @@ def main(argv=None) -> int:
     from vlmpref.data.normalize import normalize
     from vlmpref.models import load_processor
 
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"
+    cuda = torch.cuda.is_available()
+    device = torch.cuda.get_device_name() if cuda else platform.processor() or "cpu"
+    context = context_gib() if cuda else 0.0
+    caps = args.memory_cap or [None]
     report = {"device": device, "torch": torch.__version__, "command": " ".join(sys.argv), "label": args.label,
-              "models": {}}
+              "cuda_context_gib": round(context, 3), "models": {}}
     for name in args.models:
         model_dir = build_model_dir(name, root / "models", args.smoke)
-        rows = benchmark_rows(args.pairs, tuple(args.image_size), args.answer_words)
+        rows = benchmark_rows(max(args.pairs, args.whole_command), tuple(args.image_size), args.answer_words)
         # Every pair is timed, so identical synthetic pairs stay in (the reference sees the same rows)
         dataset, set_aside, _ = normalize(Dataset.from_list(rows), where="benchmark data", duplicates="keep")
         assert len(set_aside) == 0
@@ -268,34 +349,46 @@ def main(argv=None) -> int:
 
             skeleton = AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(model_dir))
         processor._bench_patch = skeleton.config.vision_config.patch_size
-        tokens = pair_tokens(processor, dataset)
+        timed = dataset.select(range(args.pairs))
+        tokens = pair_tokens(processor, timed)
         params = parameter_counts(skeleton)
         results = []
-        for variant in args.variants:
-            print(f"[{name}] {variant} ...", flush=True)
-            try:
-                result = run_variant(variant, model_dir, dataset, args)
-            except Exception as exc:  # one failing variant must not cost the others' device time
-                import traceback
+        for cap in caps:
+            args.current_cap = cap
+            budget = apply_cap(cap, context)
+            for variant in args.variants:
+                print(f"[{name}] {variant}{f' (cap {cap:g} GiB)' if cap else ''} ...", flush=True)
+                try:
+                    result = run_variant(variant, model_dir, timed, args, budget)
+                except Exception as exc:  # one failing variant must not cost the others' device time
+                    import traceback
 
-                traceback.print_exc()
-                print(f"[{name}] {variant} failed: {exc!r}", flush=True)
-                gc.collect()
-                torch.cuda.empty_cache() if torch.cuda.is_available() else None
-                continue
-            kind = variant.partition("@")[0].partition(":")[0]
-            result["tokens_per_pair"] = (2 * tokens["prompt"] + tokens["chosen"] + tokens["rejected"]
-                                         if kind == "trl" else tokens["prompt"] + tokens["chosen"] + tokens["rejected"])
-            result["flops_per_pair"] = flops_per_pair(kind, tokens, params)
-            result["tflops"] = result["flops_per_pair"] / result["s_per_pair"] / 1e12
-            results.append(result)
-            print(json.dumps(result), flush=True)
-        reference = next((r for r in results if r["variant"] == "trl"), None)
+                    traceback.print_exc()
+                    print(f"[{name}] {variant} failed: {exc!r}", flush=True)
+                    results.append({"variant": variant, "memory_cap_gib": cap, "failed": repr(exc)[:300]})
+                    gc.collect()
+                    torch.cuda.empty_cache() if cuda else None
+                    continue
+                kind = variant.partition("@")[0].partition(":")[0]
+                result["tokens_per_pair"] = (2 * tokens["prompt"] + tokens["chosen"] + tokens["rejected"]
+                                             if kind == "trl" else tokens["prompt"] + tokens["chosen"] + tokens["rejected"])
+                result["flops_per_pair"] = flops_per_pair(kind, tokens, params)
+                result["tflops"] = result["flops_per_pair"] / result["s_per_pair"] / 1e12
+                results.append(result)
+                print(json.dumps(result), flush=True)
         for r in results:
+            if "failed" in r:
+                continue
+            reference = next((t for t in results if t["variant"] == "trl" and "failed" not in t
+                              and t["memory_cap_gib"] == r["memory_cap_gib"]), None)
             r["speedup_vs_trl"] = reference["s_per_pair"] / r["s_per_pair"] if reference else None
             r["memory_vs_trl"] = (r["peak_reserved_gib"] / reference["peak_reserved_gib"]
                                   if reference and reference["peak_reserved_gib"] else None)
-        report["models"][name] = {"tokens": tokens, "params": params, "results": results}
+        entry = {"tokens": tokens, "params": params, "results": results}
+        if args.whole_command:
+            apply_cap(None, context)  # the command caps itself (--max-gpu-memory)
+            entry["whole_command"] = whole_command(model_dir, dataset, root, args.whole_command, caps[0])
+        report["models"][name] = entry
     print_table(report)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -305,15 +398,24 @@ def main(argv=None) -> int:
 
 def print_table(report: dict) -> None:
     print(f"\n{report['device']}, torch {report['torch']}")
-    header = f"{'model':14} {'variant':11} {'s/pair':>8} {'pairs/s x':>9} {'peak GiB':>9} {'tok/pair':>9} {'TFLOP/s':>8}"
+    header = (f"{'model':14} {'cap':>5} {'variant':16} {'s/pair':>8} {'pairs/s x':>9} {'peak GiB':>9} {'tok/pair':>9} "
+              f"{'TFLOP/s':>8}")
     print(header)
     print("-" * len(header))
     for name, entry in report["models"].items():
         for r in entry["results"]:
+            cap = f"{r['memory_cap_gib']:g}" if r.get("memory_cap_gib") else "-"
+            if "failed" in r:
+                print(f"{name:14} {cap:>5} {r['variant']:16} failed: {r['failed'][:60]}")
+                continue
             peak = f"{r['peak_reserved_gib']:.2f}" if r["peak_reserved_gib"] is not None else "-"
             speed = f"{r['speedup_vs_trl']:.2f}" if r["speedup_vs_trl"] else "-"
-            print(f"{name:14} {r['variant']:13} {r['s_per_pair']:8.3f} {speed:>9} {peak:>9} "
+            print(f"{name:14} {cap:>5} {r['variant']:16} {r['s_per_pair']:8.3f} {speed:>9} {peak:>9} "
                   f"{r['tokens_per_pair']:9.0f} {r['tflops']:8.1f}")
+        for r in entry.get("whole_command", []):
+            speed = f"{r['speedup_vs_trl']:.2f}x" if r["speedup_vs_trl"] else "-"
+            print(f"{name:14} whole `vlmpref train --config {r['config']}`: {r['wall_seconds']:.1f} s ({speed}), "
+                  f"engine {r['engine']}, {r['pairs_per_forward']} pairs/forward, one-time {r['one_time_seconds']} s")
 
 
 if __name__ == "__main__":

@@ -34,9 +34,11 @@ def test_dpo_benchmark_smoke(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(output.read_text())
     results = {r["variant"]: r for r in report["models"]["tiny"]["results"]}
-    assert set(results) == {"trl", "fast-exact:2", "fast-lang:2"}
+    # fast-lang without :N packs as `vlmpref train` does (auto: on a CPU, up to 4 that divide the 2 pairs per step)
+    assert set(results) == {"trl", "fast-exact:2", "fast-lang:auto=2"}
+    assert results["fast-lang:auto=2"]["packing"]["pairs_per_forward"] == 2
     assert results["trl"]["speedup_vs_trl"] == 1.0
-    assert results["fast-lang:2"]["image_cache"] and not results["fast-exact:2"]["image_cache"]
+    assert results["fast-lang:auto=2"]["image_cache"] and not results["fast-exact:2"]["image_cache"]
     # the shared prefix: one prompt per pair instead of two
     assert results["fast-exact:2"]["tokens_per_pair"] < results["trl"]["tokens_per_pair"]
     assert results["fast-exact:2"]["one_time_seconds"] > 0  # the reference pass, computed once

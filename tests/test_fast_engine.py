@@ -188,7 +188,7 @@ def test_pairs_per_forward_regroups_without_changing_the_update(tiny_model_dir, 
     dataset = load_preference_data(str(shapes_dir), "train[:8]", num_proc=1).dataset
     path = str(tiny_model_dir)
     weights = []
-    for ppf in (None, 2):
+    for ppf in (4, 2):
         set_seed(0)
         model = load_model(path)
         # plain SGD: an update proportional to the gradient, so a wrongly scaled accumulation would show
@@ -199,8 +199,9 @@ def test_pairs_per_forward_regroups_without_changing_the_update(tiny_model_dir, 
                                  peft_config=lora_config(model, scope="language"), pairs_per_forward=ppf)
         trainer.train()
         weights.append({n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad})
-        if ppf:
-            assert trainer.args.per_device_train_batch_size == 2 and trainer.args.gradient_accumulation_steps == 2
+        assert trainer.args.per_device_train_batch_size == ppf and trainer.args.gradient_accumulation_steps == 4 // ppf
+        # the caller's DPOConfig is copied, not regrouped in place
+        assert config.per_device_train_batch_size == 4 and config.gradient_accumulation_steps == 1
     for name in weights[0]:
         torch.testing.assert_close(weights[1][name], weights[0][name], rtol=1e-5, atol=1e-7,
                                    msg=lambda m: f"{name}: {m}")
@@ -315,9 +316,9 @@ def test_an_unsupported_family_falls_back_to_trl_with_a_notice(tiny_llava_dir, s
     result = train(TrainConfig(model=str(tiny_llava_dir), dataset=str(shapes_dir), split="train[:4]",
                                output_dir=str(tmp_path / "o"), max_steps=1, per_device_train_batch_size=2,
                                gradient_accumulation_steps=1, report_to=["none"], dataset_num_proc=1,
-                               quantization="none", engine="fast"))
+                               quantization="none", engine="fast", pairs_per_forward=2))
     assert ("note: the fast engine does not handle llava models; training with TRL's DPOTrainer (--engine trl) "
-            "instead.") in capsys.readouterr().out
+            "instead, one pair per forward, without --pairs-per-forward (fast engine only).") in capsys.readouterr().out
     assert result.summary["engine"] == "trl" and result.summary["steps"] == 1
     dataset = load_preference_data(str(shapes_dir), "train[:2]", num_proc=1).dataset
     with pytest.raises(ValueError, match="FastDPOTrainer supports idefics3, smolvlm models, not llava; "

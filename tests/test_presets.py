@@ -12,7 +12,9 @@ from vlmpref.errors import VlmprefError
 from vlmpref.models.estimate import RunSettings, estimate
 from vlmpref.config import PRESETS, preset_path, preset_values
 from vlmpref.train.config import TrainConfig
-from vlmpref.train.plan import preset_settings
+from vlmpref.models.gpus import find_gpu
+from vlmpref.models.shapes import describe_model
+from vlmpref.train.plan import preset_settings, with_auto_packing
 
 
 @pytest.mark.parametrize("name", PRESETS)
@@ -28,14 +30,21 @@ def test_preset_sets_its_values_on_train_config(name):
 def test_preset_fits_its_budget_as_its_header_says(name):
     """The header states the estimate for SmolVLM-Instruct 2.2B with 256-token answers, for both engines; it must
     still hold."""
-    header = preset_path(name).read_text()
-    fast, budget, trl = re.search(r"needs ([\d.]+) GiB of (\d+) GiB with the fast engine \(the default\), ([\d.]+) GiB "
-                                  r"with --engine trl", header).groups()
+    header = " ".join(line.lstrip("# ") for line in preset_path(name).read_text().splitlines())
+    fast, budget, pairs, packed, auto, trl = re.search(
+        r"needs ([\d.]+) GiB of (\d+) GiB with the fast engine \(the default\) at (\d+) pairs? per forward, ([\d.]+) GiB "
+        r"at the (\d+) its auto packing chooses there, ([\d.]+) GiB with --engine trl", header).groups()
+    shape = describe_model("smolvlm-2.2b")
     for engine, needs in (("fast", float(fast)), ("trl", float(trl))):
         settings = preset_settings(name, RunSettings(answer_tokens=256, engine=engine))
-        total = estimate("smolvlm-2.2b", settings, f"{budget}gb").memory.total_gib
+        total = estimate(shape, settings, f"{budget}gb").memory.total_gib
         assert total == pytest.approx(needs, abs=0.05), engine
         assert total <= 0.9 * int(budget), engine
+    assert settings.batch_size == int(pairs)
+    auto_settings, _ = with_auto_packing(shape, preset_settings(name, RunSettings(answer_tokens=256, engine="fast")),
+                                         find_gpu(f"{budget}gb"), TrainConfig())
+    assert auto_settings.pairs_per_forward == int(auto)
+    assert estimate(shape, auto_settings, f"{budget}gb").memory.total_gib == pytest.approx(float(packed), abs=0.05)
 
 
 def test_precedence_flags_over_yaml_over_preset_over_defaults(tmp_path):
@@ -69,7 +78,8 @@ def test_train_prints_the_preset_values_and_a_summary_line(tiny_model_dir, shape
     printed = capsys.readouterr().out
     assert ("preset 6gb: quantization=4bit, use_dora=false, lora_scope=language, image_longest_edge=768, "
             "per_device_train_batch_size=1, gradient_accumulation_steps=1, gradient_checkpointing=true") in printed
-    assert re.search(r"Trained 1 steps \(1 pairs\) in \d+s, [\d.]+ pairs/s; adapter, processor and config in "
+    assert re.search(r"Trained 1 steps \(1 pairs\) in \d+s, [\d.]+ pairs/s(, after a one-time pass of \d+s)? \(\d+s in all\); "
+                         r"adapter, processor and config in "
                      + re.escape(str(out)), printed)
     saved = yaml.safe_load((out / "vlmpref_config.yaml").read_text())
     assert saved["preset"] == "6gb" and saved["image_longest_edge"] == 768

@@ -35,9 +35,15 @@ def test_progress_bar_is_on_even_with_quiet_transformers_logging():
 
 
 def test_summary_line():
-    summary = {"steps": 40, "pairs_seen": 1280, "train_seconds": 842.4, "peak_memory_gib": 7.12,
-               "report_to": ["tensorboard"]}
+    summary = {"steps": 40, "steps_this_run": 40, "pairs_trained": 1280, "train_seconds": 842.4,
+               "peak_memory_gib": 7.12, "report_to": ["tensorboard"]}
     assert summary_line(summary, "runs/dpo") == (
         "Trained 40 steps (1,280 pairs) in 14m 02s, 1.52 pairs/s, peak GPU memory 7.1 GiB; adapter, processor and "
         "config in runs/dpo (logs: tensorboard --logdir runs/dpo/runs)")
+    # a resumed run counts only what this process trained, and names the one-time pass and the whole time
+    resumed = {"steps": 6, "steps_this_run": 3, "pairs_trained": 96, "train_seconds": 9.6, "one_time_seconds": 123.0,
+               "seconds": 140.2, "report_to": []}
+    assert summary_line(resumed, "runs/dpo") == (
+        "Trained 3 steps (96 pairs; steps 4-6, after resuming) in 10s, 10.00 pairs/s, after a one-time pass of "
+        "2m 03s (2m 20s in all); adapter, processor and config in runs/dpo")
     assert duration(3 * 3600 + 125) == "3h 02m" and duration(59.4) == "59s"

@@ -24,6 +24,10 @@ import yaml
 from vlmpref.errors import VlmprefError
 
 
+# A count that vlmpref can also choose itself: `--pairs-per-forward 4` or `--pairs-per-forward auto`
+IntOrAuto = typing.Union[int, Literal["auto"]]
+
+
 def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
     origin = get_origin(tp)
     if origin in (typing.Union, types.UnionType):
@@ -31,6 +35,22 @@ def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
         if len(args) == 1:
             return args[0], True
     return tp, False
+
+
+def _is_int_or_auto(tp: Any) -> bool:
+    return get_origin(tp) in (typing.Union, types.UnionType) and set(get_args(tp)) == {int, Literal["auto"]}
+
+
+def parse_int_or_auto(text: Any) -> int | str:
+    """"auto" or a whole number, from a flag or a YAML value."""
+    if isinstance(text, bool):
+        raise argparse.ArgumentTypeError(f"expected a whole number or auto, got {text!r}")
+    if isinstance(text, int) or str(text).strip().lower() == "auto":
+        return text if isinstance(text, int) else "auto"
+    try:
+        return int(str(text).strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number or auto, got {text!r}") from None
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -63,6 +83,9 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
                                   "help": f"{help_text} (default: {shown})".replace("%", "%%")}
         if tp is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
+        elif _is_int_or_auto(tp):
+            kwargs["type"] = parse_int_or_auto
+            kwargs["metavar"] = "{auto,N}"
         elif get_origin(tp) is Literal:
             kwargs["choices"] = list(get_args(tp))
             kwargs["type"] = type(get_args(tp)[0])
@@ -130,6 +153,8 @@ def _coerce(name: str, tp: Any, value: Any, source: str) -> Any:
     try:
         if base is bool:
             return value if isinstance(value, bool) else _parse_bool(value)
+        if _is_int_or_auto(base):
+            return parse_int_or_auto(value)
         if get_origin(base) is Literal:
             choices = get_args(base)
             if value not in choices:

@@ -27,7 +27,8 @@ class DataCheckConfig:
     """Options of `vlmpref data check`."""
 
     dataset: str = field(default="", metadata={"help": "Hub id, save_to_disk folder, folder of files, or a file."})
-    split: str = field(default="train", metadata={"help": "Split, slicing allowed (train[:6%])."})
+    split: Optional[str] = field(default=None, metadata={
+        "help": "Split, slicing allowed (train[:6%]); auto: the split `vlmpref train` would use."})
     model: Optional[str] = field(default=None, metadata={
         "help": "Model whose processor counts tokens (prompt, image, answers); without it tokens are not counted."})
     token_rows: int = field(default=200, metadata={"help": "Rows sampled for the token counts."})
@@ -48,6 +49,10 @@ class DataCheckConfig:
             from vlmpref.errors import VlmprefError
 
             raise VlmprefError("No dataset given; pass --dataset with a Hub id, a folder or a file.")
+        if self.split is None:
+            from vlmpref.data.sources import default_split
+
+            self.split = default_split(self.dataset, "train")
 
 
 def _spread(values: list[float]) -> dict:

@@ -16,6 +16,44 @@ from datasets import Dataset, DatasetDict, ReadInstruction
 from vlmpref.errors import VlmprefError
 
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+# The guide's slices belong to the guide's dataset; any other dataset is used whole unless a slice is given
+GUIDE_DATASET = "HuggingFaceH4/rlaif-v_formatted"
+GUIDE_SPLITS = {"train": "train[:6%]", "eval": "test[:1%]"}
+EVAL_SPLIT_NAMES = ("test", "validation", "valid", "eval", "dev")
+
+
+def default_split(dataset: str, role: str) -> str:
+    """The split `train` (role "train") or `eval` (role "eval") use when none is given.
+
+    The guide's dataset keeps the guide's slices; a single data file is its one split, `train`; a saved dataset
+    or folder gives its whole `train` split for training and its first held-out split (test, validation, ...) for
+    evaluation; other Hub datasets `train` and `test`.
+    """
+    if dataset == GUIDE_DATASET:
+        return GUIDE_SPLITS[role]
+    path = Path(dataset).expanduser()
+    if role == "train" or path.is_file():
+        return "train"
+    names = _saved_split_names(path) if path.is_dir() else []
+    if names:
+        held_out = [name for name in EVAL_SPLIT_NAMES if name in names]
+        if not held_out:
+            raise VlmprefError(f"{dataset} has no held-out split ({', '.join(names)}); name the split to evaluate "
+                               "with --split, for example --split train.")
+        return held_out[0]
+    return "test"
+
+
+def _saved_split_names(path: Path) -> list[str]:
+    """Split names of a `save_to_disk` folder or a folder of data files, without loading any data."""
+    if (path / "dataset_dict.json").is_file():
+        return list(json.loads((path / "dataset_dict.json").read_text()).get("splits", []))
+    if (path / "state.json").is_file():
+        return ["train"]
+    # datasets names a folder's files by the split word in their names, and calls anything else `train`
+    stems = {f.stem.split("-")[0].lower() for f in path.rglob("*") if f.suffix.lower() in FILE_BUILDERS}
+    named = sorted(stems & {"train", *EVAL_SPLIT_NAMES})
+    return named or (["train"] if stems else [])
 
 
 def split_name(split: str) -> str:
@@ -47,6 +85,9 @@ def _select_split(ds: DatasetDict | Dataset, split: str, where: str) -> Dataset:
     start = absolute.from_ or 0
     stop = len(ds[name]) if absolute.to is None else absolute.to
     part = ds[name]
+    if stop <= start:
+        raise VlmprefError(f"Split '{split}' selects no rows of {where} (its '{name}' split has {len(part)} rows); "
+                           f"give a larger slice or the whole split, --split {name}.")
     return part if (start, stop) == (0, len(part)) else part.select(range(start, stop))
 
 
@@ -135,6 +176,9 @@ def load_raw(dataset: str, split: str = "train") -> Dataset:
         raise
     except ValueError as exc:
         text = str(exc)
+        if "corresponds to no data" in text:
+            raise VlmprefError(f"Split '{split}' selects no rows of dataset '{dataset}'; give a larger slice or the "
+                               f"whole split, --split {split_name(split)}.") from None
         if "split" in text.lower():
             raise VlmprefError(f"Split '{split}' does not fit dataset '{dataset}': {text.splitlines()[0]}") from None
         raise

@@ -31,7 +31,9 @@ class EvalConfig:
     adapter: Optional[str] = field(default=None, metadata={
         "help": "PEFT adapter folder (from vlmpref train); without it the base model alone is evaluated."})
     dataset: str = field(default="", metadata={"help": "Held-out preference data: Hub id, folder or file."})
-    split: str = field(default="test", metadata={"help": "Split to evaluate, slicing allowed (test[:200])."})
+    split: Optional[str] = field(default=None, metadata={
+        "help": "Split to evaluate, slicing allowed (test[:200]); auto: a single file's one split, else the "
+                "held-out split (test, validation, ...), test[:1%] for the guide's dataset."})
     output_dir: str = field(default="runs/eval", metadata={"help": "Folder for metrics.json, samples.jsonl, ..."})
     config: Optional[str] = field(default=None, metadata={"help": "YAML file with these options; flags override it."})
     overwrite: bool = field(default=False, metadata={"help": "Replace a non-empty --output-dir."})
@@ -59,6 +61,10 @@ class EvalConfig:
     def __post_init__(self):
         if not self.dataset:
             raise VlmprefError("No dataset given; pass --dataset with the held-out data (Hub id, folder or file).")
+        if self.split is None:
+            from vlmpref.data.sources import default_split
+
+            self.split = default_split(self.dataset, "eval")
         if not self.model and not self.adapter:
             raise VlmprefError("No model given; pass --model, or --adapter with a folder written by vlmpref train.")
         if self.batch_size <= 0 or self.max_new_tokens <= 0 or self.pope_per_image <= 0:

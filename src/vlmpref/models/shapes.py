@@ -145,13 +145,35 @@ def _tower(cfg) -> Tower:
                  kv_heads=getattr(cfg, "num_key_value_heads", None) or heads)
 
 
-def describe_model(model: str, trust_remote_code: bool = False) -> ModelShape:
-    """Sizes of `model` (replica name, local folder or Hub id), from its config only."""
-    from transformers import AutoModelForImageTextToText
+def processor_image_settings(processor) -> dict:
+    """Image resizing and tiling of a loaded processor (what `_processor_settings` reads from its file)."""
+    image_processor = getattr(processor, "image_processor", None)
+    if image_processor is None:
+        return {}
+    data = {key: getattr(image_processor, key, None) for key in ("size", "max_image_size", "do_image_splitting")}
+    out = {}
+    for key, name in (("size", "longest_edge"), ("max_image_size", "tile")):
+        value = data[key]  # a dict, or transformers' SizeDict
+        edge = value.get("longest_edge") if isinstance(value, dict) else getattr(value, "longest_edge", None)
+        if edge:
+            out[name] = int(edge)
+    if data["do_image_splitting"] is not None:
+        out["splitting"] = bool(data["do_image_splitting"])
+    return out
+
+
+def describe_model(model, trust_remote_code: bool = False, processor=None) -> ModelShape:
+    """Sizes of `model` (replica name, local folder or Hub id; or a loaded model's config, with its processor
+    for the image settings), from its config only."""
+    from transformers import AutoModelForImageTextToText, PretrainedConfig
 
     from vlmpref.models.adapters import language_model_prefix
 
-    config, settings, name = _load_config(model, trust_remote_code)
+    if isinstance(model, PretrainedConfig):
+        config, settings = model, processor_image_settings(processor)
+        name = Path(getattr(model, "_name_or_path", "") or model.model_type).name
+    else:
+        config, settings, name = _load_config(model, trust_remote_code)
     model_type = getattr(config, "model_type", "")
     if model_type not in ("idefics3", "smolvlm", "llava"):
         raise VlmprefError(f"estimate knows Idefics3 / SmolVLM and LLaVA-style models, not '{model_type}'; "

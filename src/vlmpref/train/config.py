@@ -9,7 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal, Optional
 
+from vlmpref.config import IntOrAuto
 from vlmpref.data.images import DEFAULT_MAX_PIXELS
+from vlmpref.data.sources import default_split
 from vlmpref.errors import VlmprefError
 from vlmpref.models.adapters import GUIDE_TARGET_MODULES, LoraScope
 from vlmpref.models.loading import Quantization
@@ -23,7 +25,9 @@ CONFIG_NAME = "vlmpref_config.yaml"
 # loaded or how much memory it takes (pairs per forward keep the effective batch)
 SAFE_ON_RESUME = ("logging_steps", "save_steps", "save_total_limit", "eval_steps", "report_to", "dataset_num_proc",
                   "dataloader_num_workers", "cache_memory_gib", "gradient_checkpointing", "pairs_per_forward",
-                  "max_set_aside_fraction", "memory_check")
+                  "max_set_aside_fraction", "memory_check", "max_gpu_memory")
+# Options only the fast engine reads, with the values that mean "not set"
+FAST_ONLY = {"pairs_per_forward": "auto", "image_cache": "auto", "cache_memory_gib": 2.0}
 
 
 @dataclass
@@ -37,11 +41,15 @@ class TrainConfig:
         "help": "Base model: Hub id or local folder (any AutoModelForImageTextToText checkpoint)."})
     dataset: str = field(default="HuggingFaceH4/rlaif-v_formatted", metadata={
         "help": "Preference data: Hub id, save_to_disk folder, folder of data files, or a .jsonl/.json/.parquet file."})
-    split: str = field(default="train[:6%]", metadata={"help": "Training split, slicing allowed (train[:6%])."})
+    split: Optional[str] = field(default=None, metadata={
+        "help": "Training split, slicing allowed (train[:90%]); auto: the whole train split (a single file is its "
+                "one split), or the guide's train[:6%] for HuggingFaceH4/rlaif-v_formatted."})
     eval_dataset: Optional[str] = field(default=None, metadata={
         "help": "Held-out preference data for evaluation during training; defaults to --dataset when "
                 "--eval-split is given."})
-    eval_split: Optional[str] = field(default=None, metadata={"help": "Held-out split, e.g. test[:1%]."})
+    eval_split: Optional[str] = field(default=None, metadata={
+        "help": "Held-out split, e.g. test[:1%]; auto with --eval-dataset: its held-out split, as `vlmpref eval` "
+                "picks it."})
     output_dir: str = field(default="runs/dpo", metadata={
         "help": "Folder for the adapter, processor, resolved config, logs and checkpoints."})
     config: Optional[str] = field(default=None, metadata={"help": "YAML file with these options; flags override it."})
@@ -74,10 +82,12 @@ class TrainConfig:
     engine: Literal["fast", "trl"] = field(default="fast", metadata={
         "help": "fast: vlmpref's shared-prefix engine (same mathematics, less work per pair); trl: TRL's "
                 "DPOTrainer exactly as the guide runs it."})
-    pairs_per_forward: Optional[int] = field(default=None, metadata={
+    pairs_per_forward: IntOrAuto = field(default="auto", metadata={
         "help": "fast engine: pairs packed into one forward pass; gradient accumulation is regrouped so the "
-                "effective batch stays per_device_train_batch_size x gradient_accumulation_steps. "
-                "auto = per_device_train_batch_size."})
+                "effective batch stays per_device_train_batch_size x gradient_accumulation_steps. auto: the most "
+                "that divides the effective batch and fits the GPU's free memory (vlmpref estimate, with a 15% "
+                "margin), half as many if the first step still runs out of memory; on a CPU, within half the free "
+                "system memory."})
     image_cache: Literal["auto", "on", "off"] = field(default="auto", metadata={
         "help": "fast engine: encode each image once and reuse its features; auto = on when the vision tower "
                 "and connector are frozen (--lora-scope language)."})
@@ -131,6 +141,10 @@ class TrainConfig:
     max_set_aside_fraction: float = field(default=0.5, metadata={
         "help": "Stop before training when more than this share of the rows was set aside (bad images, empty "
                 "answers, ...); 1 never stops, 0 stops at the first bad row."})
+    max_gpu_memory: Optional[float] = field(default=None, metadata={
+        "help": "Use at most this many GiB of the GPU (a shared card, or to plan for a smaller one): caps "
+                "PyTorch's allocations, and auto packing and the memory check plan within it; auto uses what is "
+                "free."})
     memory_check: bool = field(default=True, metadata={
         "help": "On a GPU, estimate the memory the run needs before loading the model and stop with ways to fit "
                 "when the free memory is too small."})
@@ -165,12 +179,15 @@ class TrainConfig:
         if self.eval_split and not self.eval_dataset:
             self.eval_dataset = self.dataset
         if self.eval_dataset and not self.eval_split:
-            raise VlmprefError("--eval-dataset needs --eval-split (for example test or test[:1%]).")
-        if self.pairs_per_forward is not None:
+            self.eval_split = default_split(self.eval_dataset, "eval")
+        if self.split is None:
+            self.split = default_split(self.dataset, "train")
+        if self.pairs_per_forward != "auto":
             total = self.per_device_train_batch_size * self.gradient_accumulation_steps
             if self.pairs_per_forward <= 0 or total % self.pairs_per_forward:
                 raise VlmprefError(f"--pairs-per-forward must divide the effective batch {total} "
-                                   "(per-device batch x gradient accumulation).")
+                                   "(per-device batch x gradient accumulation), or be auto.")
+        self._check_ignored_options()
         if self.engine == "fast" and not set(self.loss_type) <= FAST_LOSS_TYPES:
             raise VlmprefError(f"The fast engine has no {sorted(set(self.loss_type) - FAST_LOSS_TYPES)[0]} loss; "
                                "use --engine trl for it.")
@@ -187,6 +204,36 @@ class TrainConfig:
                                "give only one of them.")
         if self.image_longest_edge is not None and self.image_longest_edge <= 0:
             raise VlmprefError(f"--image-longest-edge must be positive, not {self.image_longest_edge}.")
+        if self.max_gpu_memory is not None and self.max_gpu_memory <= 0:
+            raise VlmprefError(f"--max-gpu-memory must be positive, not {self.max_gpu_memory}.")
         from vlmpref.train.reporting import check_report_to
 
         check_report_to(self.report_to)
+
+    def fast_only_options(self) -> list[str]:
+        """Fast-engine options given a value of their own (flags as the user types them)."""
+        return [f"--{name.replace('_', '-')}" for name, unset in FAST_ONLY.items() if getattr(self, name) != unset]
+
+    def _check_ignored_options(self) -> None:
+        """An option the chosen path would not read is a mistake to point out, not to pass over."""
+        if self.engine == "trl" and self.fast_only_options():
+            raise VlmprefError(f"{', '.join(self.fast_only_options())} only apply to the fast engine, and --engine "
+                               "trl was chosen; remove them or use --engine fast.")
+        if self.engine == "fast" and self.lora_scope == "all":
+            if self.image_cache == "on":
+                raise VlmprefError("--image-cache on needs a frozen vision tower, but --lora-scope all puts adapters "
+                                   "on it; use --lora-scope language, or leave --image-cache at auto.")
+            if self.cache_memory_gib != FAST_ONLY["cache_memory_gib"] and self.image_cache != "on":
+                raise VlmprefError("--cache-memory-gib sizes the image-feature cache, which is off with --lora-scope "
+                                   "all; remove it or use --lora-scope language.")
+        if self.image_cache == "off" and self.cache_memory_gib != FAST_ONLY["cache_memory_gib"]:
+            raise VlmprefError("--cache-memory-gib sizes the image-feature cache, which --image-cache off turns off; "
+                               "remove one of them.")
+        if self.max_length is None and self.truncation != "answer":
+            raise VlmprefError("--truncation says what to do with pairs over --max-length, which is not set; give "
+                               "--max-length or remove --truncation.")
+        if not self.eval_dataset:
+            for name, unset in (("eval_steps", None), ("per_device_eval_batch_size", 1)):
+                if getattr(self, name) != unset:
+                    raise VlmprefError(f"--{name.replace('_', '-')} applies to a held-out set, and none was given; "
+                                       "add --eval-split (and --eval-dataset if it is another dataset) or remove it.")

@@ -19,7 +19,18 @@ from vlmpref.train.fast import FastDPOTrainer, supports_model
 from vlmpref.train.guards import FiniteLossCheck
 
 
-class TrlEngine(AtomicCheckpoints, ResumeKeepsPrecision, FiniteLossCheck, DPOTrainer):
+class CountsPairs:
+    """Counts the pairs this process trained on (TRL's batches hold chosen and rejected rows of each pair)."""
+
+    pairs_trained = 0
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        self.pairs_trained += len(inputs["input_ids"]) // 2
+        return loss
+
+
+class TrlEngine(AtomicCheckpoints, ResumeKeepsPrecision, FiniteLossCheck, CountsPairs, DPOTrainer):
     """TRL's DPOTrainer, unchanged in what it computes; checkpoints written atomically and resumed in the
     adapter's own precision, NaN/inf stops it."""
 
@@ -66,9 +77,11 @@ def make_trainer(cfg: TrainConfig, model, processor, peft_config, train_dataset,
         if cfg.engine == "trl":
             return TrlEngine(**common)
         if not supports_model(model):
+            dropped = cfg.fast_only_options()
             print(f"note: the fast engine does not handle {model.config.model_type} models; training with TRL's "
-                  "DPOTrainer (--engine trl) instead.")
+                  "DPOTrainer (--engine trl) instead, one pair per forward"
+                  + (f", without {', '.join(dropped)} (fast engine only)" if dropped else "") + ".")
             return TrlEngine(**common)
-        return FastEngine(**common, pairs_per_forward=cfg.pairs_per_forward,
+        return FastEngine(**common, pairs_per_forward=cfg.pairs_per_forward, memory_budget_gib=cfg.max_gpu_memory,
                           image_cache={"auto": "auto", "on": True, "off": False}[cfg.image_cache],
                           cache_memory_gib=cfg.cache_memory_gib)

@@ -16,7 +16,7 @@ import torch
 
 from vlmpref.errors import VlmprefError
 from vlmpref.models.estimate import GIB, Estimate, RunSettings, estimate
-from vlmpref.models.gpus import Gpu
+from vlmpref.models.gpus import Gpu, generic_gpu
 from vlmpref.models.shapes import ModelShape, describe_model, image_tokens
 
 SAMPLE_ROWS = 64
@@ -26,8 +26,16 @@ def data_settings(cfg, rows, processor) -> RunSettings:
     """The run's settings, with image size and token counts taken from a sample of the training rows."""
     from vlmpref.train.plan import run_settings
 
-    settings = run_settings(cfg)
-    sample = rows.select(range(min(SAMPLE_ROWS, len(rows)))) if len(rows) else []
+    return measured_settings(run_settings(cfg), rows, processor, cfg.max_length,
+                             lambda: describe_model(cfg.model, cfg.trust_remote_code))
+
+
+def measured_settings(settings: RunSettings, rows, processor, max_length: int | None, shape) -> RunSettings:
+    """`settings` with the largest image and the longest prompt and answer of a sample of `rows` (TRL's or
+    vlmpref's row format); `shape` is the ModelShape, or a function giving it, for answers cut at `max_length`."""
+    from vlmpref.data.normalize import trl_example
+
+    sample = [trl_example(row) for row in rows.select(range(min(SAMPLE_ROWS, len(rows))))] if len(rows) else []
     sizes = [image.size for row in sample for image in row["images"]]
     tokenizer = processor.tokenizer
 
@@ -44,13 +52,26 @@ def data_settings(cfg, rows, processor) -> RunSettings:
         changes["answer_tokens"] = max(1, max(answers))
         changes["prompt_tokens"] = max(prompts)
     settings = dataclasses.replace(settings, **changes)
-    if cfg.max_length:  # answers are cut at max_length
-        image = 0 if not sizes else image_tokens(describe_model(cfg.model, cfg.trust_remote_code),
-                                                 settings.image_width, settings.image_height,
+    if max_length:  # answers are cut at max_length
+        shape = shape() if callable(shape) else shape
+        image = 0 if not sizes else image_tokens(shape, settings.image_width, settings.image_height,
                                                  settings.image_longest_edge).tokens
-        room = max(1, cfg.max_length - settings.prompt_tokens - image)
+        room = max(1, max_length - settings.prompt_tokens - image)
         settings = dataclasses.replace(settings, answer_tokens=min(settings.answer_tokens, room))
     return settings
+
+
+def memory_budget(device: torch.device, cap_gib: float | None = None) -> tuple[float, str]:
+    """(GiB this process may still use on `device`, what limits it): the free memory, or less under a cap.
+
+    Memory this process's PyTorch already holds counts as available: planning may happen after the model
+    is loaded, and the estimate includes the weights."""
+    free, total = torch.cuda.mem_get_info(device)
+    available = (free + torch.cuda.memory_reserved(device)) / GIB
+    name = torch.cuda.get_device_properties(device).name
+    if cap_gib is not None and cap_gib < available:
+        return cap_gib, f"{name} (capped at {cap_gib:g} GiB)"
+    return available, name
 
 
 def _needed(est: Estimate) -> float:
@@ -95,7 +116,7 @@ def _preset_that_fits(shape: ModelShape, settings: RunSettings, available_gib: f
     from vlmpref.config import PRESETS
     from vlmpref.train.plan import preset_settings
 
-    gpu = Gpu("free memory", available_gib, 50.0, 500.0)
+    gpu = generic_gpu(available_gib)
     for name in reversed(PRESETS):
         try:
             need = _needed(estimate(shape, preset_settings(name, settings), gpu))
@@ -115,19 +136,20 @@ def check_memory(cfg, rows, processor, device: torch.device) -> Estimate | None:
     """Before loading the model on a GPU: stop with the estimate and ways to fit if free memory is too small."""
     if device.type != "cuda" or not cfg.memory_check:
         return None
-    free, total = torch.cuda.mem_get_info(device)
-    name = torch.cuda.get_device_properties(device).name
+    total = torch.cuda.get_device_properties(device).total_memory
+    available, where = memory_budget(device, cfg.max_gpu_memory)
     shape = describe_model(cfg.model, cfg.trust_remote_code)
     settings = data_settings(cfg, rows, processor)
-    gpu = Gpu(name, total / GIB, 50.0, 500.0)
+    if cfg.engine == "fast" and cfg.pairs_per_forward == "auto":  # auto packs within what is free; 1 pair must fit
+        settings = dataclasses.replace(settings, pairs_per_forward=1)
+    gpu = generic_gpu(total / GIB)
     est = estimate(shape, settings, gpu)
-    available = free / GIB
     if _needed(est) <= available:
         return est
     ways = ways_to_fit(shape, settings, gpu, available)
     raise VlmprefError(
         f"This run needs {_estimate_line(est)} of GPU memory, but only {available:.1f} of {total / GIB:.1f} GiB are "
-        f"free on {name}; to fit, change one of: {'; '.join(ways) or 'no single option fits, use a smaller model'} "
+        f"free on {where}; to fit, change one of: {'; '.join(ways) or 'no single option fits, use a smaller model'} "
         "(or pass --no-memory-check to try anyway).")
 
 
@@ -141,15 +163,14 @@ def out_of_memory_error(cfg, rows, processor, device: torch.device, step: int, c
         kept = f"the last checkpoint, {checkpoint}, is kept"
         # options a resumed run may change that also lower memory
         lighter = ([] if cfg.gradient_checkpointing else ["--gradient-checkpointing"]) + (
-            ["--pairs-per-forward 1"] if cfg.engine == "fast" and (cfg.pairs_per_forward or
-                                                                   cfg.per_device_train_batch_size) > 1 else [])
+            ["--pairs-per-forward 1"] if cfg.engine == "fast" and cfg.pairs_per_forward != 1 else [])
         if lighter:
             kept += f" (`vlmpref train --resume {output_dir} {' '.join(lighter)}` continues it with less memory)"
     ways = ""
     try:
         shape = describe_model(cfg.model, cfg.trust_remote_code)
         settings = data_settings(cfg, rows, processor)
-        gpu = Gpu(torch.cuda.get_device_properties(device).name, total / GIB, 50.0, 500.0)
+        gpu = generic_gpu(total / GIB)
         est = estimate(shape, settings, gpu)
         ways = (f"; the estimate for this run was {_estimate_line(est)}, and a new run fits with one of: "
                 + "; ".join(ways_to_fit(shape, settings, gpu, total / GIB - est.memory.cuda_context / GIB)))

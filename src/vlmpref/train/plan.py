@@ -21,10 +21,10 @@ from rich.table import Table
 
 from vlmpref.errors import VlmprefError
 from vlmpref.models.adapters import GUIDE_TARGET_MODULES
-from vlmpref.models.estimate import Estimate, RunSettings, estimate, parse_image_size
+from vlmpref.models.estimate import CALIBRATION, Estimate, RunSettings, estimate, parse_image_size, plan_packing
 from vlmpref.models.gpus import GPUS, Gpu, find_gpu
 from vlmpref.models.shapes import ModelShape, describe_model
-from vlmpref.config import PRESETS, preset_values
+from vlmpref.config import PRESETS, IntOrAuto, preset_values
 from vlmpref.train.config import TrainConfig
 
 _TRAIN_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
@@ -62,8 +62,9 @@ class EstimateConfig:
     image_cache: Literal["auto", "on", "off"] = field(default="auto", metadata={
         "help": "fast engine: reuse cached image features (no vision tower in training); auto = on with "
                 "--lora-scope language."})
-    pairs_per_forward: Optional[int] = field(default=None, metadata={
-        "help": "fast engine: pairs packed into one forward pass; auto = --per-device-train-batch-size."})
+    pairs_per_forward: IntOrAuto = field(default="auto", metadata={
+        "help": "fast engine: pairs packed into one forward pass; auto: the most that fit the card, as `vlmpref "
+                "train` chooses them."})
     per_device_train_batch_size: int = field(default=1, metadata={"help": "Preference pairs per forward pass."})
     gradient_accumulation_steps: int = field(default=32, metadata={"help": "Forward passes per optimizer step."})
     gradient_checkpointing: bool = field(default=True, metadata={"help": "Recompute activations to save memory."})
@@ -97,8 +98,23 @@ def run_settings(cfg) -> RunSettings:
         prompt_tokens=getattr(cfg, "prompt_tokens", 20), answer_tokens=getattr(cfg, "answer_tokens", 120),
         batch_size=cfg.per_device_train_batch_size, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         gradient_checkpointing=cfg.gradient_checkpointing, engine=getattr(cfg, "engine", "trl"),
-        image_cache=getattr(cfg, "image_cache", "auto"), pairs_per_forward=getattr(cfg, "pairs_per_forward", None),
+        image_cache=getattr(cfg, "image_cache", "auto"), pairs_per_forward=_packing(cfg),
         epochs=cfg.num_train_epochs)
+
+
+def _packing(cfg) -> int | None:
+    """Pairs per forward as set, None for auto (planned per card by `with_auto_packing`)."""
+    value = getattr(cfg, "pairs_per_forward", None)
+    return None if value == "auto" else value
+
+
+def with_auto_packing(shape: ModelShape, settings: RunSettings, gpu: Gpu, cfg) -> tuple[RunSettings, str | None]:
+    """`settings` with the pairs per forward `vlmpref train` would choose on `gpu` when packing is auto."""
+    if settings.engine != "fast" or getattr(cfg, "pairs_per_forward", None) != "auto":
+        return settings, None
+    budget = gpu.memory_gib - CALIBRATION["cuda_context_gib"]
+    plan = plan_packing(shape, settings, settings.batch_size * settings.gradient_accumulation_steps, budget, gpu.name)
+    return dataclasses.replace(settings, pairs_per_forward=plan.pairs_per_forward), plan.reason
 
 
 def preset_settings(name: str, base: RunSettings) -> RunSettings:
@@ -152,7 +168,8 @@ def run_estimate(cfg: EstimateConfig, console: Console | None = None) -> dict:
     shape = describe_model(cfg.model, cfg.trust_remote_code)
     gpu = find_gpu(cfg.gpu) if cfg.gpu else local_gpu()
     cards = [gpu] if gpu else [GPUS[key] for key in TABLE_GPUS]
-    estimates = [estimate(shape, settings, card) for card in cards]
+    planned = [with_auto_packing(shape, settings, card, cfg) for card in cards]
+    estimates = [estimate(shape, card_settings, card) for (card_settings, _), card in zip(planned, cards)]
     report = _as_dict(estimates[0], cfg, cards)
     report["gpus"] = [_gpu_dict(est, cfg) for est in estimates]
     suggestion = None
@@ -163,6 +180,8 @@ def run_estimate(cfg: EstimateConfig, console: Console | None = None) -> dict:
         print(json.dumps(report, indent=2))
         return report
     _print_estimate(console, estimates[0], cfg)
+    if gpu and planned[0][1]:
+        console.print(f"Packing: {planned[0][1]}.", soft_wrap=True)
     if gpu:
         _print_verdict(console, estimates[0], cfg, suggestion)
     else:
@@ -237,11 +256,13 @@ def _print_verdict(console: Console, est: Estimate, cfg: EstimateConfig, suggest
 
 def _print_table(console: Console, estimates: list[Estimate], cfg: EstimateConfig) -> None:
     table = Table(title=f"On common GPUs ({cfg.pairs:,} pairs per epoch)", title_justify="left")
-    for column in ("GPU", "memory GiB", "fits", "spare GiB", "s/pair", "per epoch"):
+    fast = estimates[0].settings.engine == "fast"
+    for column in ("GPU", "memory GiB", "fits", "spare GiB", "s/pair", "per epoch") + (("pairs/forward",) if fast else ()):
         table.add_column(column, justify="left" if column in ("GPU", "fits") else "right")
     for est in estimates:
         table.add_row(est.gpu.name, f"{est.gpu.memory_gib:g}", "[green]yes[/]" if est.fits else "[red]no[/]",
-                      f"{est.free_gib:.1f}", f"{est.seconds_per_pair:.2f}", _hours(est.epoch_seconds(cfg.pairs)))
+                      f"{est.free_gib:.1f}", f"{est.seconds_per_pair:.2f}", _hours(est.epoch_seconds(cfg.pairs)),
+                      *([str(est.settings.pairs_in_forward)] if fast else []))
     console.print(table)
     console.print("Pass --gpu NAME for one card and the preset that fits it.")
 
@@ -259,7 +280,8 @@ def _print_gpus(console: Console) -> None:
 def _gpu_dict(est: Estimate, cfg: EstimateConfig) -> dict:
     return {"gpu": est.gpu.name, "memory_gib": est.gpu.memory_gib, "fits": est.fits,
             "free_gib": round(est.free_gib, 2), "seconds_per_pair": round(est.seconds_per_pair, 3),
-            "epoch_hours": round(est.epoch_seconds(cfg.pairs) / 3600, 2)}
+            "epoch_hours": round(est.epoch_seconds(cfg.pairs) / 3600, 2),
+            "pairs_per_forward": est.settings.pairs_in_forward if est.settings.engine == "fast" else None}
 
 
 def _as_dict(est: Estimate, cfg: EstimateConfig, cards) -> dict:

@@ -38,13 +38,20 @@ def duration(seconds: float) -> str:
 
 
 def summary_line(summary: dict, output_dir) -> str:
-    """`Trained 40 steps (1,280 pairs) in 14m 02s, 1.52 pairs/s, peak GPU memory 7.1 GiB; outputs in runs/dpo`."""
+    """`Trained 40 steps (1,280 pairs) in 14m 02s, 1.52 pairs/s, after a one-time pass of 1m 10s (15m 30s in all),
+    peak GPU memory 7.1 GiB; adapter, processor and config in runs/dpo` — counting what this process did."""
     seconds = summary.get("train_seconds") or summary.get("seconds") or 0.0
-    pairs = summary.get("pairs_seen", 0)
+    pairs = summary.get("pairs_trained", 0)
+    steps, reached = summary.get("steps_this_run", 0), summary.get("steps", 0)
     rate = f", {pairs / seconds:.2f} pairs/s" if seconds and pairs else ""
+    once = summary.get("one_time_seconds")
+    extra = f", after a one-time pass of {duration(once)}" if once and once >= 0.5 else ""
+    if summary.get("seconds"):
+        extra += f" ({duration(summary['seconds'])} in all)"
     peak = summary.get("peak_memory_gib")
     memory = f", peak GPU memory {peak:.1f} GiB" if peak is not None else ""
-    line = (f"Trained {summary.get('steps', 0)} steps ({pairs:,} pairs) in {duration(seconds)}{rate}{memory}; "
+    resumed = f"; steps {reached - steps + 1}-{reached}, after resuming" if steps != reached else ""
+    line = (f"Trained {steps} steps ({pairs:,} pairs{resumed}) in {duration(seconds)}{rate}{extra}{memory}; "
             f"adapter, processor and config in {output_dir}")
     if "tensorboard" in summary.get("report_to", []):
         line += f" (logs: tensorboard --logdir {output_dir}/runs)"

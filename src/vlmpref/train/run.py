@@ -123,6 +123,9 @@ def train(cfg: TrainConfig, callbacks=None) -> TrainResult:
     # ---- model
     device = default_device()
     bf16 = use_bf16(cfg, device)
+    if cfg.max_gpu_memory is not None and device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory / 2**30
+        torch.cuda.set_per_process_memory_fraction(min(1.0, cfg.max_gpu_memory / total), device)
     check_memory(cfg, data.dataset, processor, device)
     trainer = None
     try:
@@ -158,21 +161,30 @@ def train(cfg: TrainConfig, callbacks=None) -> TrainResult:
     if not interrupted:
         trained.save_pretrained(out)
         processor.save_pretrained(out)
-    summary = _summary(cfg, trainer, data, device, time.time() - started, checkpoint, interrupted)
+    summary = _summary(cfg, trainer, data, device, time.time() - started, checkpoint, interrupted,
+                       start_step=_checkpoint_step(checkpoint))
     summary["cuda_alloc_conf"] = alloc_conf if device.type == "cuda" else None
     (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
     return TrainResult(output_dir=out, model=trained, processor=processor, data=data, summary=summary,
                        interrupted=interrupted, checkpoint=last_checkpoint(out))
 
 
-def _summary(cfg: TrainConfig, trainer, data: PreferenceData, device, elapsed: float, resumed_from, interrupted) -> dict:
-    pairs = trainer.state.global_step * cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
+def _summary(cfg: TrainConfig, trainer, data: PreferenceData, device, elapsed: float, resumed_from, interrupted,
+             start_step: int) -> dict:
     reused = getattr(trainer, "reference_reused", None)
+    fast = not isinstance(trainer, TrlEngine)  # trl also when fast fell back
+    packing = getattr(trainer, "packing", None)
     return {
-        "engine": "trl" if isinstance(trainer, TrlEngine) else "fast",  # trl also when fast fell back
+        "engine": "fast" if fast else "trl",
         "steps": trainer.state.global_step,
+        "steps_this_run": trainer.state.global_step - start_step,
         "max_steps": trainer.state.max_steps,
-        "pairs_seen": pairs,
+        # what this process trained on: a resumed run's earlier steps are not counted again
+        "pairs_trained": trainer.pairs_trained,
+        "pairs_per_step": cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps,
+        "pairs_per_forward": trainer.pairs_per_forward if fast else cfg.per_device_train_batch_size,
+        "packing": packing.as_dict() if packing else None,
+        "one_time_seconds": round(trainer.reference_seconds, 2) if fast else None,
         "rows_used": len(data.dataset),
         "rows_set_aside": len(data.set_aside),
         "set_aside_reasons": dict(data.reasons()),
@@ -188,6 +200,11 @@ def _summary(cfg: TrainConfig, trainer, data: PreferenceData, device, elapsed: f
         "final_log": trainer.state.log_history[-1] if trainer.state.log_history else {},
         "log_history": trainer.state.log_history,
     }
+
+
+def _checkpoint_step(checkpoint: Path | None) -> int:
+    """The optimizer step a checkpoint folder holds (checkpoint-12 -> 12); 0 for a fresh run."""
+    return int(checkpoint.name.rsplit("-", 1)[1]) if checkpoint else 0
 
 
 def _non_finite_error(exc: NonFiniteLoss, cfg: TrainConfig, bf16: bool, out: Path) -> VlmprefError:

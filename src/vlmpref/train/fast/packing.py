@@ -11,7 +11,7 @@ without padding; tokens of different pairs never see each other.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from trl.data_utils import apply_chat_template, prepare_multimodal_messages
@@ -31,6 +31,17 @@ class PairTokens:
     pixel_inputs: dict[str, torch.Tensor] = field(default_factory=dict)  # pixel_values, pixel_attention_mask, ...
     pair_id: int = -1
     image_key: str | None = None  # content key of the pair's images, for the feature cache
+
+    def without_pixels(self) -> "PairTokens":
+        """The same tokens without the image tensors, for a pair whose image features are cached."""
+        return replace(self, pixel_inputs={})
+
+
+def prompt_too_long(pair_id: int, prompt_tokens: int, max_length: int) -> ValueError:
+    """The one sentence for a max_length that would cut a prompt, image tokens included."""
+    return ValueError(f"max_length={max_length} is shorter than the {prompt_tokens:,}-token prompt of pair {pair_id} "
+                      "(its image tokens included), and image tokens cannot be cut; set max_length=None in "
+                      f"DPOConfig (TRL's default is 1024) or above {prompt_tokens:,} plus the answers' length.")
 
 
 def pair_texts(row: dict, processor) -> dict[str, str]:
@@ -63,8 +74,7 @@ def tokenize_pair(row: dict, processor, pair_id: int = -1, image_key: str | None
     if max_length is not None:
         room = max_length - len(prompt_ids)
         if room <= 0:
-            raise ValueError(f"pair {pair_id}: the prompt is {len(prompt_ids)} tokens with its image tokens, so "
-                             f"max_length={max_length} leaves no room for the answers")
+            raise prompt_too_long(pair_id, len(prompt_ids), max_length)
         chosen, rejected = chosen[:room], rejected[:room]
     return PairTokens(prompt_ids=prompt_ids, chosen_ids=list(chosen), rejected_ids=list(rejected),
                       pixel_inputs=pixels, pair_id=pair_id, image_key=image_key)
@@ -91,6 +101,9 @@ class PackedBatch:
     pixel_inputs: list[dict]           # per pair, the processor's image tensors (empty with cached features)
     pair_ids: list[int]
     image_keys: list[str | None]
+    pairs: list[PairTokens] = field(default_factory=list, repr=False)  # what was packed, to re-pack a part
+    layout: str = "rows"
+    pad_id: int = 0
     ref_chosen_logps: torch.Tensor | None = None
     ref_rejected_logps: torch.Tensor | None = None
 
@@ -101,6 +114,17 @@ class PackedBatch:
     @property
     def num_tokens(self) -> int:
         return int((self.segment >= 0).sum())
+
+    def split(self, size: int) -> list["PackedBatch"]:
+        """The same pairs as batches of `size` pairs each, reference log-probs included (for a smaller forward)."""
+        parts = []
+        for start in range(0, self.num_pairs, size):
+            part = pack(self.pairs[start:start + size], layout=self.layout, pad_id=self.pad_id)
+            if self.ref_chosen_logps is not None:
+                part.ref_chosen_logps = self.ref_chosen_logps[start:start + size]
+                part.ref_rejected_logps = self.ref_rejected_logps[start:start + size]
+            parts.append(part)
+        return parts
 
     def to(self, device) -> "PackedBatch":
         for name in ("input_ids", "position_ids", "segment", "role", "logit_index", "target_ids", "target_pair",
@@ -164,7 +188,7 @@ def pack(pairs: list[PairTokens], layout: str = "rows", pad_id: int = 0) -> Pack
         chosen_lengths=torch.tensor([len(p.chosen_ids) for p in pairs]),
         rejected_lengths=torch.tensor([len(p.rejected_ids) for p in pairs]),
         pixel_inputs=[p.pixel_inputs for p in pairs], pair_ids=[p.pair_id for p in pairs],
-        image_keys=[p.image_key for p in pairs])
+        image_keys=[p.image_key for p in pairs], pairs=list(pairs), layout=layout, pad_id=pad_id)
 
 
 def allowed(seg_q, role_q, seg_k, role_k, q, k):

@@ -22,6 +22,8 @@ Same mathematics as TRL (same tokens, same losses, same metrics names), less wor
 from __future__ import annotations
 
 import contextlib
+import copy
+import gc
 import logging
 import os
 import time
@@ -31,15 +33,17 @@ import torch
 from accelerate.utils import is_peft_model
 from datasets import Dataset
 from datasets.fingerprint import Hasher
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from trl import DPOConfig, DPOTrainer
 from trl.trainer.utils import use_adapter
 
-from vlmpref.train.fast import dora, forward
+from vlmpref.data.normalize import trl_example
+from vlmpref.train.fast import autopack, dora, forward
 from vlmpref.train.fast.caches import ImageFeatureCache, ReferenceLogps, images_key, model_fingerprint
-from vlmpref.train.fast.forward import image_features, packed_logps
+from vlmpref.train.fast.forward import batch_image_features, packed_logps
 from vlmpref.train.fast.losses import LOSS_TYPES, LossInputs, combined_loss
-from vlmpref.train.fast.packing import PackedBatch, PairTokens, pack, tokenize_pair
+from vlmpref.train.fast.packing import PackedBatch, PairTokens, pack, prompt_too_long, tokenize_pair
 
 logger = logging.getLogger(__name__)
 PAIR_ID = "__vlmpref_pair_id__"
@@ -56,14 +60,14 @@ class PackCollator:
         self.pad_id = processor.tokenizer.pad_token_id or 0
         self.reference = reference
         self.cached_keys = cached_keys if cached_keys is not None else set()
-        self._tokens: dict[int, PairTokens] = {}  # pairs whose image features are cached need no processor
+        self.tokens: dict[int, PairTokens] = {}  # pairs whose image features are cached need no processor
 
     def __call__(self, rows: list[dict]) -> dict:
         pairs = []
         for row in rows:
             pair_id = row[PAIR_ID]
-            if pair_id in self._tokens:
-                pairs.append(self._tokens[pair_id])
+            if pair_id in self.tokens:
+                pairs.append(self.tokens[pair_id])
                 continue
             images = row.get("images") or ([row["image"]] if row.get("image") is not None else [])
             key = images_key(images) if images else None
@@ -71,7 +75,7 @@ class PackCollator:
             pair = tokenize_pair(row, self.processor, pair_id=pair_id, image_key=key, with_pixels=not cached,
                                  max_length=self.max_length)
             if cached:
-                self._tokens[pair_id] = pair
+                self.tokens[pair_id] = pair
             pairs.append(pair)
         batch = pack(pairs, layout=self.layout, pad_id=self.pad_id)
         if self.reference is not None and len(self.reference):
@@ -96,33 +100,49 @@ def vision_is_frozen(model) -> bool:
     return not any(p.requires_grad and id(p) not in language for p in model.parameters())
 
 
+def _regroup(args: DPOConfig, pairs_per_forward: int) -> None:
+    """Micro-batches of `pairs_per_forward` pairs, as many of them per optimizer step as keep the effective batch.
+    The DPO losses average over pairs, so the optimizer step is unchanged."""
+    total = args.per_device_train_batch_size * args.gradient_accumulation_steps
+    args.per_device_train_batch_size = pairs_per_forward
+    args.gradient_accumulation_steps = total // pairs_per_forward
+
+
+def one_time_workers(rows: int, batch_size: int) -> int:
+    """Processes that prepare pairs (image processing, tokens) for the one-time pass: the CPU work per pair
+    (~0.1 s for a 13-tile image) would otherwise leave the GPU waiting; none for a pass of one or two batches."""
+    if rows <= 2 * batch_size:
+        return 0
+    return min(8, max(1, (os.cpu_count() or 2) - 1))
+
+
 class FastDPOTrainer(DPOTrainer):
     """Drop-in replacement for `trl.DPOTrainer` on vision-language preference data (see module doc).
 
-    Extra keyword arguments: `pairs_per_forward` (pack this many pairs per forward; default: the per-device
-    batch size), `image_cache` (`"auto"`: on when the vision tower is frozen; True / False to force),
-    `cache_memory_gib` (image features kept in memory before spilling to the run folder),
-    `attention` (`"auto"`, `"dense"` for a boolean 4-D mask, or `"flex"` for a FlexAttention block mask).
+    Extra keyword arguments: `pairs_per_forward` (pairs packed per forward; `"auto"`, the default, packs as many
+    as divide the effective batch and fit the GPU's free memory, see `autopack`), `memory_budget_gib` (plan
+    `"auto"` within this many GiB instead of all free memory), `image_cache` (`"auto"`: on when the vision tower
+    is frozen; True / False to force), `cache_memory_gib` (image features kept in memory before spilling to the
+    run folder), `attention` (`"auto"`, `"dense"` for a boolean 4-D mask, or `"flex"` for a FlexAttention block
+    mask). The `args` passed in are copied, never changed.
     """
 
     def __init__(self, model, ref_model=None, args: DPOConfig | None = None, data_collator=None,
                  train_dataset=None, eval_dataset=None, processing_class=None, compute_metrics=None,
                  callbacks=None, optimizers=(None, None), quantization_config=None, peft_config=None, *,
-                 pairs_per_forward: int | None = None, image_cache: bool | str = "auto",
-                 cache_memory_gib: float = 2.0, attention: str = "auto"):
-        if args is None:
-            args = DPOConfig("fast-dpo")
+                 pairs_per_forward: int | str = "auto", memory_budget_gib: float | None = None,
+                 image_cache: bool | str = "auto", cache_memory_gib: float = 2.0, attention: str = "auto"):
+        args = copy.copy(args) if args is not None else DPOConfig("fast-dpo")  # the caller's config stays as given
         unsupported = set(args.loss_type if isinstance(args.loss_type, list) else [args.loss_type]) - LOSS_TYPES
         if unsupported or args.f_divergence_type != "reverse_kl" or args.use_weighting or args.ld_alpha is not None:
             raise ValueError(f"The fast engine supports loss types {sorted(LOSS_TYPES)} with reverse-KL, no WPO "
                              f"weighting and no ld_alpha; got {sorted(unsupported) or args.loss_type}. Use trl.DPOTrainer.")
-        if pairs_per_forward:
-            total = args.per_device_train_batch_size * args.gradient_accumulation_steps
-            if total % pairs_per_forward:
-                raise ValueError(f"pairs_per_forward={pairs_per_forward} must divide the effective batch {total}.")
-            # The DPO losses average over pairs, so regrouping micro-batches leaves the optimizer step unchanged
-            args.per_device_train_batch_size = pairs_per_forward
-            args.gradient_accumulation_steps = total // pairs_per_forward
+        total = args.per_device_train_batch_size * args.gradient_accumulation_steps
+        if pairs_per_forward != "auto":
+            if not isinstance(pairs_per_forward, int) or pairs_per_forward <= 0 or total % pairs_per_forward:
+                raise ValueError(f"pairs_per_forward={pairs_per_forward!r} must be 'auto' or a number that divides "
+                                 f"the effective batch {total}.")
+            _regroup(args, pairs_per_forward)
         args.precompute_ref_log_probs = False  # TRL refuses it for vision data; this engine always precomputes
         train_dataset = with_pair_ids(train_dataset)
         eval_dataset = with_pair_ids(eval_dataset, offset=len(train_dataset) if train_dataset is not None else 0)
@@ -145,17 +165,49 @@ class FastDPOTrainer(DPOTrainer):
         if use_cache and not self.vision_frozen:
             raise ValueError("image_cache=True needs a frozen vision tower and connector (adapters on the language "
                              "model only); use image_cache=False or a language-only adapter.")
+        self._check_max_length()
+
+        # ---- packing: how many pairs each forward pass takes
+        self.packing = None
+        if pairs_per_forward == "auto":
+            self.packing = autopack.plan(unwrapped, self.processing_class, self.train_dataset, self.args, use_cache,
+                                         memory_budget_gib)
+            _regroup(self.args, self.packing.pairs_per_forward)
+            # transformers reads the micro-batch size into this attribute once, in Trainer.__init__
+            self._train_batch_size = self.args.train_batch_size
+            if self.is_local_process_zero():
+                print(f"Packing {self.packing.reason}.")
+        self.pairs_per_forward = self.args.per_device_train_batch_size
+        self._split = 1  # > 1 after an out-of-memory in the first step: each micro-batch runs in this many parts
+        self._loss_scale = 1.0
+        self._first_step = None  # the global step the first training_step of this train() call ran in
+        self.pairs_trained = 0  # pairs this process trained on (resumed steps not included)
+
+        # ---- what is computed once: image features (frozen vision tower) and reference log-probs
         fingerprint = model_fingerprint(unwrapped, self.processing_class)
         self.image_cache = (ImageFeatureCache(os.path.join(args.output_dir, "image_features"), fingerprint,
                                               int(cache_memory_gib * 2**30)) if use_cache else None)
         # Keys whose features are cached: the collator then skips image preprocessing for them
         self._cached_keys: set[str] = set()
+        self.data_collator = PackCollator(self.processing_class, cached_keys=self._cached_keys,
+                                          layout=self.layout, max_length=self.args.max_length)
         started = time.perf_counter()
         self.reference = self._reference_logps(fingerprint)
         self.reference_seconds = time.perf_counter() - started  # one-time cost, reported by the benchmark
-        self.data_collator = PackCollator(self.processing_class, self.reference, cached_keys=self._cached_keys,
-                                          layout=self.layout, max_length=args.max_length)
+        self.data_collator.reference = self.reference
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
+
+    def _check_max_length(self) -> None:
+        """Stop before any work when max_length would cut the image tokens of the pair with the largest image of
+        a sample (the one-time pass checks every pair the same way)."""
+        if self.args.max_length is None or self.train_dataset is None or not len(self.train_dataset):
+            return
+        sample = self.train_dataset.select(range(min(64, len(self.train_dataset))))
+        pixels = [sum(w * h for w, h in (image.size for image in trl_example(row)["images"])) for row in sample]
+        row = sample[max(range(len(pixels)), key=pixels.__getitem__)]
+        pair = tokenize_pair(row, self.processing_class, pair_id=row[PAIR_ID], with_pixels=False)
+        if len(pair.prompt_ids) >= self.args.max_length:
+            raise prompt_too_long(row[PAIR_ID], len(pair.prompt_ids), self.args.max_length)
 
     # ---- data
 
@@ -164,7 +216,7 @@ class FastDPOTrainer(DPOTrainer):
         if PAIR_ID not in self._signature_columns:
             self._signature_columns = list(self._signature_columns) + [PAIR_ID]
 
-    # ---- reference log-probs, once
+    # ---- reference log-probs (and image features), once
 
     def _reference_context(self):
         model = self.accelerator.unwrap_model(self.model)
@@ -184,16 +236,18 @@ class FastDPOTrainer(DPOTrainer):
             return stored
         reference = ReferenceLogps(fingerprint)
         model = self.ref_model or self.model
-        collator = PackCollator(self.processing_class, layout=self.layout, max_length=self.args.max_length)
+        # Batched like training; the pairs' images and tokens are prepared by worker processes meanwhile
         batch_size = max(1, self.args.precompute_ref_batch_size or self.args.per_device_train_batch_size)
         was_training = model.training
         model.eval()
         with torch.no_grad(), self._reference_context():
             for dataset in datasets_:
-                for start in tqdm(range(0, len(dataset), batch_size), desc="Reference log-probs (once)",
-                                  disable=not self.is_local_process_zero()):
-                    rows = dataset.select(range(start, min(start + batch_size, len(dataset))))
-                    batch = collator(list(rows))["packed"].to(self.accelerator.device)
+                loader = DataLoader(dataset, batch_size=batch_size, collate_fn=self.data_collator,
+                                    num_workers=one_time_workers(len(dataset), batch_size))
+                for batch in tqdm(loader, desc="Reference log-probs (once)", disable=not self.is_local_process_zero()):
+                    batch = batch["packed"]
+                    self._keep_tokens(batch)
+                    batch = batch.to(self.accelerator.device)
                     features = self._features(model, batch)
                     with self.accelerator.autocast():
                         logps = packed_logps(model, batch, features, self.attention)
@@ -204,26 +258,37 @@ class FastDPOTrainer(DPOTrainer):
             reference.save(path)
         return reference
 
+    def _keep_tokens(self, batch: PackedBatch) -> None:
+        """With the image cache, training needs no image processing again: keep each pair's tokens."""
+        if self.image_cache is not None:
+            for pair in batch.pairs:
+                self.data_collator.tokens[pair.pair_id] = pair.without_pixels()
+
     # ---- image features, once when the vision tower is frozen
 
     def _features(self, model, batch: PackedBatch) -> torch.Tensor | None:
-        """Image features of the batch in token order; from the cache when it holds them."""
+        """Image features of the batch in token order; from the cache when it holds them, else encoded in one
+        vision call for every image of the batch not yet cached."""
         if self.image_cache is None or not any(batch.image_keys):
             return None  # computed inside the forward, under the current adapter state
-        parts = []
-        for key, pixels in zip(batch.image_keys, batch.pixel_inputs):
-            if key is None:
-                continue
-            cached = self.image_cache.get(key)
-            if cached is None:
-                if not pixels:
-                    raise RuntimeError(f"image features for {key} were expected in the cache")
-                with torch.no_grad(), self.accelerator.autocast():
-                    cached = image_features(model, pixels)
-                self.image_cache.put(key, cached)
+        found = {key: self.image_cache.get(key) for key in dict.fromkeys(k for k in batch.image_keys if k)}
+        missing = {key: pixels for key, pixels in zip(batch.image_keys, batch.pixel_inputs)
+                   if key is not None and found[key] is None}
+        if missing:
+            if not all(missing.values()):
+                raise RuntimeError(f"image features for {next(iter(missing))} were expected in the cache")
+            with torch.no_grad(), self.accelerator.autocast():
+                features = batch_image_features(model, list(missing.values()))
+            offset, token_id = 0, forward.image_token_id(model)
+            for key in missing:
+                prompt = batch.pairs[batch.image_keys.index(key)].prompt_ids
+                count = sum(1 for t in prompt if t == token_id)  # one feature row per image token
+                found[key] = features[offset:offset + count]
+                offset += count
+                self.image_cache.put(key, found[key])
                 self._cached_keys.add(key)
-            parts.append(cached.to(self.accelerator.device, non_blocking=True))
-        return torch.cat(parts) if parts else None
+        return torch.cat([found[key].to(self.accelerator.device, non_blocking=True)
+                          for key in batch.image_keys if key is not None])
 
     # ---- optimization
 
@@ -252,9 +317,58 @@ class FastDPOTrainer(DPOTrainer):
                        ref_chosen_logps=ref_chosen, ref_rejected_logps=ref_rejected,
                        chosen_lengths=batch.chosen_lengths, rejected_lengths=batch.rejected_lengths,
                        chosen_token_logps=policy.token_logps[chosen_mask])
-        loss = combined_loss(self.loss_types, self.loss_weights, x, self.beta, self.label_smoothing)
+        loss = combined_loss(self.loss_types, self.loss_weights, x, self.beta, self.label_smoothing) * self._loss_scale
         self._log_metrics(mode, x, batch)
         return (loss, None) if return_outputs else loss
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        batch: PackedBatch = inputs["packed"]
+        if self._first_step is None:
+            self._first_step = self.state.global_step
+        if self._split > 1:
+            return self._training_step_in_parts(model, batch, num_items_in_batch)
+        # Auto packing plans from an estimate: if the first optimizer step still runs out of memory, continue with
+        # half as many pairs per forward (each micro-batch in parts; the optimizer step is the same)
+        fallback = self.packing is not None and self.state.global_step == self._first_step and batch.num_pairs > 1
+        grads = self._gradients() if fallback else None
+        try:
+            loss = super().training_step(model, inputs, num_items_in_batch)
+        except torch.cuda.OutOfMemoryError:
+            if not fallback:
+                raise
+            self._restore_gradients(grads)
+            del inputs
+            gc.collect()
+            torch.cuda.empty_cache()
+            smaller = max(d for d in range(1, batch.num_pairs) if batch.num_pairs % d == 0)
+            self._split = batch.num_pairs // smaller
+            self.pairs_per_forward = smaller
+            if self.is_local_process_zero():
+                print(f"note: {batch.num_pairs} pairs per forward ran out of GPU memory in the first step; continuing "
+                      f"with {smaller} (the effective batch is unchanged).")
+            return self._training_step_in_parts(model, batch, num_items_in_batch)
+        self.pairs_trained += batch.num_pairs
+        return loss
+
+    def _training_step_in_parts(self, model, batch: PackedBatch, num_items_in_batch):
+        total = None
+        for part in batch.split(batch.num_pairs // self._split):
+            self._loss_scale = part.num_pairs / batch.num_pairs  # the parts' losses add up to the whole batch's
+            try:
+                loss = super().training_step(model, {"packed": part}, num_items_in_batch)
+            finally:
+                self._loss_scale = 1.0
+            total = loss if total is None else total + loss
+            self.pairs_trained += part.num_pairs
+        return total
+
+    def _gradients(self) -> list[torch.Tensor | None]:
+        """A copy of the trainable parameters' gradients (adapters only: small), to undo a failed micro-batch."""
+        return [None if p.grad is None else p.grad.clone() for p in self.model.parameters() if p.requires_grad]
+
+    def _restore_gradients(self, grads: list[torch.Tensor | None]) -> None:
+        for p, g in zip((p for p in self.model.parameters() if p.requires_grad), grads):
+            p.grad = g
 
     def _log_metrics(self, mode: str, x: LossInputs, batch: PackedBatch) -> None:
         gather = self.accelerator.gather_for_metrics
@@ -277,6 +391,7 @@ class FastDPOTrainer(DPOTrainer):
         return loss.detach(), None, None
 
     def train(self, *args, **kwargs):
+        self._first_step = None  # the out-of-memory fallback watches the first step this call runs (resumed too)
         try:
             return super().train(*args, **kwargs)
         finally:
