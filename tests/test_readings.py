@@ -71,6 +71,12 @@ CAPTIONS = [
     ("A dog chases another dog and a third dog.", {"dog"}, ["dog"], ["dog", "dog", "dog"], ["dog"]),
     ("Two dogs and a cat.", {"dog"}, ["dog", "cat"], ["dog", "cat"], ["dog", "cat"]),
     ("", {"dog"}, [], [], []),
+    # ---- where vlmpref's reading is still wrong (documented limits): a mass noun before an -s verb with nothing
+    # after it reads like "Coffee cups on a table."; a clause-final -s verb after "the"; a baseball word near a
+    # flying bat
+    ("Soup cooks on the stove.", {"oven"}, ["person", "oven"], ["oven"], ["oven"]),
+    ("The player bats.", {"person"}, ["baseball bat"], ["person"], ["person"]),  # "player" read as a modifier
+    ("A bat flies over the baseball field.", set(), ["baseball bat"], [], []),
 ]
 
 
@@ -100,10 +106,11 @@ def test_chair_numbers_of_both_readings_and_the_hand_reading():
     assert metrics["chair_instance"]["value"] == pytest.approx(v_instance)
     assert metrics["chair_compat"]["chair_sentence"]["value"] == pytest.approx(c_sentence)
     assert metrics["chair_compat"]["chair_instance"]["value"] == pytest.approx(c_instance)
-    # On this set: vlmpref 2/33 answers and 2/48 mentions hallucinated, as the hand reading; chair_compat 10/33
-    # and 12/57 (negated objects, a mouse eating cheese, a laptop from "computer mouse", "people ski" as skis, ...)
-    assert (v_sentence, v_instance) == (h_sentence, h_instance) == (2 / 33, 2 / 48)
-    assert (c_sentence, c_instance) == (10 / 33, 12 / 57)
+    # On this set: vlmpref 5/36 answers and 5/52 mentions hallucinated, the hand reading 2/36 and 2/50;
+    # chair_compat 10/36 and 12/59 (negated objects, a mouse eating cheese, a laptop from "computer mouse", ...)
+    assert (v_sentence, v_instance) == (5 / 36, 5 / 52)
+    assert (h_sentence, h_instance) == (2 / 36, 2 / 50)
+    assert (c_sentence, c_instance) == (10 / 36, 12 / 59)
 
 
 # object asked about, answer, label, vlmpref's reading, pope_compat's reading, hand reading
