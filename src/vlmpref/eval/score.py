@@ -30,7 +30,7 @@ from typing import Optional
 from vlmpref import config as config_io
 from vlmpref.errors import VlmprefError
 
-_PROBE = re.compile(r"^\s*is there (?:a|an|any|some)?\s*(.+?)\s+in the (?:image|picture|photo)\s*\?*\s*$", re.I)
+_PROBE = re.compile(r"^\s*is there (?:(?:an|a|any|some)\s+)?(.+?)\s+in the (?:image|picture|photo)\s*\?*\s*$", re.I)
 LABELS = {"yes": True, "no": False, "true": True, "false": False, "1": True, "0": False}
 
 
