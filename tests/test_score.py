@@ -12,7 +12,7 @@ from vlmpref.eval.evaluate import pope_probes, read_eval
 from vlmpref.eval.run import attach_coco
 from vlmpref.eval.score import probe_object, read_answers
 from vlmpref.eval.vocab import load_vocabulary
-from vlmpref.report.compare import compare_runs
+from vlmpref.report.compare import compare_runs, warnings
 
 CATEGORIES = [{"id": 1, "name": "person"}, {"id": 18, "name": "dog"}, {"id": 17, "name": "cat"},
               {"id": 63, "name": "couch"}, {"id": 62, "name": "chair"}, {"id": 44, "name": "bottle"}]
@@ -157,3 +157,4 @@ def test_compare_reads_schema_1_and_2(tmp_path):
     assert rows["chair_compat.chair_sentence"].before is None and rows["chair_compat.chair_sentence"].after == metric
     assert "vlmpref" in rows["chair_sentence"].spec.label and "chair_compat" in rows[
         "chair_compat.chair_sentence"].spec.label
+    assert any("schema 1 before, 2 after" in note for note in warnings(read_eval(old), read_eval(new)))

@@ -79,8 +79,9 @@ def _tagger():
 
 def word_classes(words: list[str]) -> list[str]:
     """One coarse class per lower-case word: closed classes from the lists above, the rest from Pattern's tagger."""
-    open_words = [w if closed_class(w) is None else "the" for w in words]
-    tagged = _tagger()(" ".join(re.sub(r"\s", "_", w) or "_" for w in open_words), tokenize=False) if words else []
+    # Pattern's lexicon splits "don't" into "do n't"; one word per token keeps the tags aligned
+    shown = ["not" if w.endswith("n't") else re.sub(r"\s", "_", w) or "_" for w in words]
+    tagged = _tagger()(" ".join(shown), tokenize=False) if words else []
     classes = []
     for word, (_, penn) in zip(words, tagged if len(tagged) == len(words) else [("", "NN")] * len(words)):
         fixed = closed_class(word)

@@ -227,6 +227,11 @@ def warnings(before: EvalRun, after: EvalRun) -> list[str]:
         b, a = b_doc.get("settings", {}).get(key), a_doc.get("settings", {}).get(key)
         if b != a and b is not None and a is not None:
             out.append(f"The runs used different {what}: {b} before, {a} after.")
+    versions = (b_doc.get("schema_version"), a_doc.get("schema_version"))
+    if versions[0] != versions[1] and min(v or 0 for v in versions) < 2:
+        out.append(f"The runs were scored by different vlmpref versions (metrics.json schema {versions[0]} before, "
+                   f"{versions[1]} after): schema 2 reads answers more sharply and samples POPE's negatives as the "
+                   "paper does, so CHAIR and POPE changes mix that with the model's; re-score both to compare them.")
     b_rows = {(s["row_id"], s["question"]) for s in before.samples}
     a_rows = {(s["row_id"], s["question"]) for s in after.samples}
     if b_rows != a_rows:
