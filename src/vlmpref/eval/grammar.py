@@ -20,7 +20,7 @@ DETERMINERS = {"a", "an", "the", "this", "these", "those", "any", "some", "each"
                "several", "many", "few", "all", "both", "no", "neither", "much", "more", "most"}
 SINGULAR_DETERMINERS = {"a", "an", "one", "each", "every", "this", "another", "that"}
 NUMBERS = {"one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
-           "dozen", "dozens", "hundreds", "couple"}
+           "dozen", "dozens", "hundreds"}
 POSSESSIVES = {"his", "her", "their", "its", "my", "your", "our"}
 SUBJECT_SINGULAR = {"he", "she", "it", "who", "which", "that", "someone", "somebody", "everyone", "everybody",
                     "one"}
@@ -103,6 +103,13 @@ def _is_plural_noun(word: str, tag: str) -> bool:
                               (word.endswith("s") and not word.endswith("ss")))
 
 
+def _coordinated_subject(words: list[str], tags: list[str], j: int) -> bool:
+    """Is the noun at j the last of a subject joined by "and" ("a man and a woman ski")?"""
+    while j >= 0 and tags[j] in ("NOUN", "ADJ", "DET", "NUM", "POSS"):
+        j -= 1
+    return j > 0 and words[j] == "and" and tags[j - 1] in ("NOUN", "PRON")
+
+
 def _previous(tags: list[str], i: int) -> int:
     """Index of the word before i, skipping adverbs ("a man slowly steers")."""
     j = i - 1
@@ -135,9 +142,10 @@ def read_as_verb(words: list[str], tags: list[str], i: int) -> bool:
     Only words that are also verb forms qualify. A bare form ("ski", "steer") is a verb after "to", a modal,
     do/does/did, or a plural subject (they, we, "people", "two men") when no noun follows it. An -s form
     ("steers", "ties") is a verb after he/she/it/who/which/that, or after a singular noun when that noun's
-    phrase opens with a singular determiner ("a man steers") or the word is followed by a determiner, a
-    possessive, an object pronoun or an -ly adverb ("the chef cooks the pasta"). Never when a verb follows:
-    then the word heads its own noun phrase ("the man's ties are red").
+    phrase opens with a singular determiner ("a man steers"), or the word is followed by a determiner, a
+    possessive, an object pronoun or an -ly adverb ("the chef cooks the pasta"), or it ends the clause after
+    "the"/a possessive and one noun ("the woman bowls."). Never when a verb follows: then the word heads its
+    own noun phrase ("the man's ties are red").
     """
     word = words[i]
     lemma = verb_lemma(word)
@@ -153,7 +161,8 @@ def read_as_verb(words: list[str], tags: list[str], i: int) -> bool:
     if word == lemma:  # bare form
         if before_tag in ("TO", "MODAL") or before in DO_FORMS or (before_tag == "NEG" and before != "not"):
             return True
-        plural_subject = before in SUBJECT_PLURAL or _is_plural_noun(before, before_tag)
+        plural_subject = before in SUBJECT_PLURAL or _is_plural_noun(before, before_tag) or (
+            before_tag == "NOUN" and _coordinated_subject(words, tags, j))
         return plural_subject and after_tag not in ("NOUN", "ADJ")
     if not word.endswith("s"):
         return False  # a past or -ing form never names an object in the vocabularies
@@ -162,7 +171,10 @@ def read_as_verb(words: list[str], tags: list[str], i: int) -> bool:
     if before_tag != "NOUN" or _is_plural_noun(before, before_tag):
         return False
     followed = after_tag in ("DET", "POSS") or after in OBJECT_PRONOUNS or (after_tag == "ADV" and after.endswith("ly"))
-    return followed or _opens_with_singular_determiner(words, tags, j)
+    # "the woman bowls." ends its clause: a definite singular subject and its verb
+    ends = after_tag == "PUNCT" or after == "" or after in ("and", "while", "as")
+    definite = j > 0 and words[j - 1] in ("the", *POSSESSIVES)
+    return followed or (ends and definite) or _opens_with_singular_determiner(words, tags, j)
 
 
 # ---- negation

@@ -173,7 +173,7 @@ class Vocabulary:
         found = [(Mention(canonical, tokens[i].start, tokens[i + length - 1].end,
                           any(k in negated for k in range(i, i + length))), i + length, tuple(words[i:i + length]))
                  for i, length, canonical in candidates]
-        return [m for m, after, phrase in found if not self._describes_next(tokens, after, phrase, found)]
+        return [m for m, after, phrase in found if not self._describes_next(tokens, tags, after, phrase, found)]
 
     def _in_sense(self, words: list[str], i: int, length: int) -> bool:
         """Does the ambiguous word at i name its object here? (`senses`: not_after, near, not_near, default)."""
@@ -199,14 +199,17 @@ class Vocabulary:
             return False
         return sense.get("default", True)
 
-    def _describes_next(self, tokens: list[Token], after: int, words: tuple[str, ...], found) -> bool:
-        """True when the object word only describes the word after it ("dog bed", "orange cat")."""
+    def _describes_next(self, tokens: list[Token], tags: list[str], after: int, words: tuple[str, ...],
+                        found) -> bool:
+        """True when the object word only describes the word after it ("dog bed", "orange cat", "glass table")."""
         if after >= len(tokens) or tokens[after].is_punct or tokens[after - 1].possessive:
             return False  # "the dog's ball" names the dog too
         next_starts_object = any(tokens[after].start == m.start for m, _, _ in found)
         if next_starts_object:
             return True
-        return words in self._ambiguous and tokens[after].text not in FUNCTION_WORDS
+        # an ambiguous word before a noun or adjective describes it; before a verb it is the noun ("an orange sits")
+        return words in self._ambiguous and tokens[after].text not in FUNCTION_WORDS and tags[after] in (
+            "NOUN", "ADJ", "OTHER", "NUM")
 
     def mentioned(self, text: str) -> list[str]:
         """Canonical names of the objects `text` says are there (negated mentions left out), each once."""
