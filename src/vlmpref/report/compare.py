@@ -219,7 +219,9 @@ def warnings(before: EvalRun, after: EvalRun) -> list[str]:
     out = []
     b_doc, a_doc = before.document, after.document
     b_data, a_data = b_doc.get("dataset", {}), a_doc.get("dataset", {})
-    if b_data and a_data and (b_data.get("source"), b_data.get("split")) != (a_data.get("source"), a_data.get("split")):
+    scored = b_data.get("split", "") is None and a_data.get("split", "") is None  # two `vlmpref score` answer files
+    if b_data and a_data and not scored and \
+            (b_data.get("source"), b_data.get("split")) != (a_data.get("source"), a_data.get("split")):
         out.append(f"The runs evaluated different data ({b_data.get('source')} [{b_data.get('split')}] vs "
                    f"{a_data.get('source')} [{a_data.get('split')}]).")
     for key, what in (("relevance_method", "relevance methods"), ("vocabulary", "object vocabularies"),
