@@ -158,3 +158,29 @@ def test_compare_reads_schema_1_and_2(tmp_path):
     assert "vlmpref" in rows["chair_sentence"].spec.label and "chair_compat" in rows[
         "chair_compat.chair_sentence"].spec.label
     assert any("schema 1 before, 2 after" in note for note in warnings(read_eval(old), read_eval(new)))
+
+
+def test_eval_cli_with_coco_annotations(tiny_model_dir, coco_files, tmp_path, capsys):
+    """`vlmpref eval --coco-instances --coco-captions` on a local JSONL dataset with an image_id column."""
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = []
+    for image_id, color in ((1, "red"), (2, "green"), (3, "blue")):
+        Image.new("RGB", (32, 32), color).save(data / f"{image_id}.png")
+        rows.append({"image": f"{image_id}.png", "question": "Describe the image.", "chosen": "A dog.",
+                     "rejected": f"A {color} bus.", "image_id": image_id})
+    (data / "prefs.jsonl").write_text("\n".join(map(json.dumps, rows)) + "\n")
+    out = tmp_path / "eval"
+    assert main(["eval", "--model", str(tiny_model_dir), "--dataset", str(data / "prefs.jsonl"), "--split", "train",
+                 "--coco-instances", coco_files[0], "--coco-captions", coco_files[1], "--output-dir", str(out),
+                 "--max-new-tokens", "4", "--relevance", "lexical", "--pope-per-image", "2"]) == 0
+    assert "3 of 3 rows matched by image_id" in capsys.readouterr().out
+    run = read_eval(out)
+    assert [s["objects"] for s in run.samples] == [["couch", "dog", "remote"], ["bottle", "chair", "person"],
+                                                   ["cat", "couch"]]
+    assert all("chair_compat_mentioned" in s for s in run.samples)
+    assert {"chair_compat", "pope_compat", "pope"} <= set(run.metrics)
+    # 2 present (segmentation labels) and 2 absent objects per image and strategy
+    assert len(run.pope) == 3 * 3 * 4 and all("says_yes_compat" in p for p in run.pope)
+    present = {p["object"] for p in run.pope if p["label"] and p["image"] == run.samples[1]["image"]}
+    assert present == {"person", "chair"}  # "bottle" comes from a caption: named, but never asked as present
