@@ -179,3 +179,37 @@ def test_compat_tokenization_and_phrases():
     assert reader.objects("A wine glass and a cheesecake.") == ["wine glass"]        # " cheesecake" never matches
     assert reader.objects("An iPhone and a phone.") == ["cell phone"]                # "iPhone" never matches
     assert reader.truth(["couch", "person"], ["Two dogs on a sofa."]) == {"couch", "person", "dog"}
+
+
+@pytest.mark.parametrize("text,expected", [
+    # negation: its phrase and the phrases coordinated with it, no further
+    ("Neither a cat nor a dog is in the room.", []),
+    ("No cats and dogs.", []),
+    ("I cannot see a car or a truck.", []),
+    ("There isn't a single person in the street.", []),
+    ("There's no dog.", []),
+    ("There is no cat, a dog is there.", ["dog"]),
+    ("The image shows no people but many cars.", ["car"]),
+    ("Without any people around, a dog sits.", ["dog"]),
+    ("Not only a dog but also a cat.", ["dog", "cat"]),
+    ("The dog is no longer on the couch.", ["dog", "couch"]),
+    # nouns and verbs
+    ("She skis.", []),
+    ("Kids learn to ski.", ["person"]),
+    ("A man with his skis.", ["person", "skis"]),
+    ("Beach chairs and umbrellas on the sand.", ["chair", "umbrella"]),
+    # senses
+    ("A bat flying at night.", []),
+    ("A vampire bat.", []),
+    ("A man wearing rubber gloves washes dishes.", ["person"]),
+    ("The catcher's glove.", ["person", "baseball glove"]),
+    ("A nuclear plant.", []),
+    ("A mouse with a long tail.", []),
+    ("A laptop and a mouse on a desk.", ["laptop", "mouse", "dining table"]),
+    ("A glass door.", []),
+    ("Three glasses of champagne.", ["wine glass"]),
+    ("Oranges and apples.", ["orange", "apple"]),
+    ("Orange cones on the street.", []),
+])
+def test_more_vlmpref_readings(text, expected):
+    assert COCO.mentioned(text) == expected
