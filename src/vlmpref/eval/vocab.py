@@ -249,7 +249,7 @@ def load_vocabulary(name_or_path: str) -> Vocabulary:
                            "check --vocabulary.")
     try:
         return Vocabulary.from_dict(json.loads(path.read_text()))
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
         raise VlmprefError(f"Vocabulary file {path} is not in the expected format ({exc}); see "
                            "vlmpref/assets/shapes.json for an example.") from None
 
