@@ -16,7 +16,7 @@ def test_eval_writes_the_documented_folder(tiny_model_dir, shapes_dir, tmp_path,
                  "--output-dir", str(out), "--pope-per-image", "1", *FAST]) == 0
     assert "answer accuracy" in capsys.readouterr().out
     document = json.loads((out / "metrics.json").read_text())
-    assert document["schema_version"] == 1
+    assert document["schema_version"] == 2
     assert document["model"] == {"base": str(tiny_model_dir), "adapter": None, "quantization": "none"}
     assert document["dataset"]["rows"] == 5 and document["settings"]["vocabulary"] == "shapes"
     metrics = document["metrics"]

@@ -26,7 +26,7 @@ def test_without_a_vocabulary_there_is_no_chair_or_pope(shapes_rows):
 
 def test_every_metric_is_documented_and_has_an_interval(eval_pair):
     document = json.loads((eval_pair[1] / "metrics.json").read_text())
-    assert document["schema_version"] == SCHEMA_VERSION == 1
+    assert document["schema_version"] == SCHEMA_VERSION == 2
     assert {"model", "dataset", "settings", "metrics", "vlmpref_version", "created"} <= set(document)
     doc = evaluate_module.__doc__
     for key, metric in document["metrics"].items():

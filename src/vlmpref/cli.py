@@ -4,6 +4,7 @@
     vlmpref train --config configs/smolvlm-instruct/dpo-guide.yaml
     vlmpref generate --model runs/tiny --image photo.png --prompt "What is in the image?"
     vlmpref eval --adapter runs/dpo --dataset runs/shapes --split test --output-dir runs/eval
+    vlmpref score --answers answers.jsonl --output-dir runs/score
     vlmpref compare runs/eval_base runs/eval --run runs/dpo --output-dir runs/report
     vlmpref data check --dataset runs/demo/data --split test
     vlmpref data synthetic --output-dir runs/shapes
@@ -77,6 +78,16 @@ def _cmd_eval(cfg):
     document = json.loads((out / "metrics.json").read_text())
     print_metrics(document["metrics"], title=f"Evaluation of {document['model']['base']}"
                   + (f" + {document['model']['adapter']}" if document["model"]["adapter"] else ""))
+    print(f"metrics.json, samples.jsonl and pope.jsonl written to {out}")
+
+
+def _cmd_score(cfg):
+    from vlmpref.eval.score import run_score
+    from vlmpref.report.table import print_metrics
+
+    out = run_score(cfg)
+    document = json.loads((out / "metrics.json").read_text())
+    print_metrics(document["metrics"], title=f"Hallucination of the {document['model']['base']}")
     print(f"metrics.json, samples.jsonl and pope.jsonl written to {out}")
 
 
@@ -169,6 +180,9 @@ COMMANDS: dict[str, Command] = {
     "eval": Command(_cls("vlmpref.eval.run", "EvalConfig"), _cmd_eval,
                     "Evaluate a model (base, or base + adapter) on a split: accuracy, hallucination, relevance, "
                     "preference."),
+    "score": Command(_cls("vlmpref.eval.score", "ScoreConfig"), _cmd_score,
+                     "Score answers you already have (JSONL: question, answer, objects or POPE label): CHAIR and "
+                     "POPE in vlmpref's and the papers' readings, no model."),
     "compare": Command(_cls("vlmpref.report.run", "CompareConfig"), _cmd_compare,
                        "Before/after table and report (HTML, Markdown, plots) from two evaluations."),
     "data check": Command(_cls("vlmpref.data.check", "DataCheckConfig"), _cmd_data_check,

@@ -12,15 +12,16 @@ An evaluation folder holds:
     pope.jsonl      one line per yes/no probe (POPE)
     images/         a thumbnail of each distinct image, for the report's examples
 
-metrics.json, schema_version 1:
+metrics.json, schema_version 2:
 
-    {"schema_version": 1,
+    {"schema_version": 2,
      "vlmpref_version": "0.1.0", "created": "2025-01-01T12:00:00", "seconds": 12.3,
      "model":   {"base": "...", "adapter": "..." | null, "quantization": "none"},
      "dataset": {"source": "...", "split": "test", "rows": 500, "set_aside": 0},
      "settings": {"beta": 0.1, "max_new_tokens": 64, "vocabulary": "shapes" | null,
                   "relevance_method": "embedding" | "lexical", "pope_per_image": 3,
-                  "pope_strategies": ["random", "popular", "adversarial"], "seed": 0},
+                  "pope_strategies": ["random", "popular", "adversarial"], "seed": 0,
+                  "readings": {"default": "vlmpref", "chair_compat": "...", "pope_compat": "..."}},
      "metrics": {
         "answer_accuracy": M, "answer_token_f1": M, "answer_accuracy_by_type": {"color": M, ...},
         "length_normalized_accuracy": M, "logprob_accuracy": M,
@@ -28,6 +29,8 @@ metrics.json, schema_version 1:
         "chair_sentence": M, "chair_instance": M, "chair_sentence_by_type": {...},   # with a vocabulary
         "pope": {"random": {"accuracy": M, "precision": M, "recall": M, "f1": M, "yes_ratio": M},
                  "popular": {...}, "adversarial": {...}},                           # with a vocabulary
+        "chair_compat": {"chair_sentence": M, "chair_instance": M},               # the published CHAIR reading
+        "pope_compat": {"random": {...}, "popular": {...}, "adversarial": {...}},  # POPE's evaluate.py reading
         "relevance": M + {"method": "embedding" | "lexical"}, "relevance_lexical": M,
         "relevance_similarity_reference": M, "relevance_similarity_question": M}}   # with embeddings
 
@@ -36,7 +39,10 @@ value, the number of examples it is computed over, and its 95% interval (see `vl
 `chair_instance` counts mentions in `n` and answers in `examples`.
 A metric that cannot be computed (no annotated objects, no adapter) is left out, never reported as 0.
 Values are shares in [0, 1] except `reward_margin` and the similarities. Later schema versions only add
-keys; a change of meaning gets a new `schema_version`.
+keys; a change of meaning gets a new `schema_version`. Version 2 (this one) sharpened vlmpref's reading of
+answers (verbs, negation scope, word senses, POPE's first sentence), sampled POPE's adversarial and random
+negatives as the paper does, and added the paper-compatible `chair_compat` and `pope_compat`; `chair_*` and
+`pope` keep vlmpref's reading. Version 1 folders still read, with the compatible readings left out.
 """
 
 from __future__ import annotations
@@ -51,14 +57,15 @@ from peft import PeftModel
 
 from vlmpref.eval import stats
 from vlmpref.eval.answers import accuracy_rule, answer_correct, token_f1
-from vlmpref.eval.hallucination import chair_answer, chair_metrics
+from vlmpref.eval.compat import CHAIR_COMPAT, POPE_COMPAT, chair_compat_reader, pope_compat_says_yes, tokenizer_name
+from vlmpref.eval.hallucination import chair_answer, chair_compat_answer, chair_metrics, truth
 from vlmpref.eval.pope import STRATEGIES, distinct_images, image_key, pope_metrics, question, sample_probes, says_yes
 from vlmpref.eval.preference import PairScores, preference_metrics, score_pairs
 from vlmpref.eval.relevance import EMBEDDING_MODEL, score_relevance
 from vlmpref.eval.vocab import Vocabulary, pick_vocabulary
 from vlmpref.generate import answer_text, generate_batch, generate_rows, question_text, user_prompt
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def evaluate(model, processor, rows, beta: float = 0.1, batch_size: int = 16, max_new_tokens: int = 48,
@@ -89,8 +96,53 @@ def evaluate(model, processor, rows, beta: float = 0.1, batch_size: int = 16, ma
     result["settings"] = {"beta": beta, "max_new_tokens": max_new_tokens, "vocabulary": vocab.name if vocab else None,
                           "relevance_method": result.pop("relevance_method"),
                           "pope_per_image": pope_per_image if probes else None,
-                          "pope_strategies": list(pope_strategies) if probes else [], "seed": seed}
+                          "pope_strategies": list(pope_strategies) if probes else [], "seed": seed,
+                          "readings": readings(vocab)}
     return result
+
+
+def readings(vocab: Vocabulary | None) -> dict:
+    """What each reading in metrics.json is, for the settings block."""
+    out = {"default": "vlmpref (see the README: nouns and verbs, negation scope, word senses, POPE's first sentence)",
+           POPE_COMPAT: "POPE evaluate.py (Li et al., 2023): first sentence, 'No'/'no'/'not' as words"}
+    if vocab is not None and vocab.name == "coco80":
+        out[CHAIR_COMPAT] = (f"CHAIR utils/chair.py (Rohrbach et al., 2018): published synonyms, Pattern 2.6 "
+                             f"singularize, {tokenizer_name()}, every occurrence counted")
+    return out
+
+
+def chair_fields(generated: str, objects, captions, vocab: Vocabulary) -> dict:
+    """The per-answer CHAIR record of both readings (compat only with the COCO vocabulary)."""
+    gt = truth(vocab, objects, captions)
+    out = {"objects": sorted(gt) if gt is not None else None}
+    if gt is None:
+        return out
+    out.update(chair_answer(generated, gt, vocab))
+    if vocab.name == "coco80":
+        out.update(chair_compat_answer(generated, objects, captions, chair_compat_reader()))
+    return out
+
+
+def hallucination_metrics(samples: list[dict], probes: list[dict], vocab: Vocabulary | None) -> tuple[dict, list]:
+    """CHAIR (both readings) over annotated samples and POPE (both readings) over answered probes."""
+    metrics: dict = {}
+    annotated = [s for s in samples if s.get("objects") is not None]
+    if annotated:
+        metrics.update(chair_metrics(annotated))
+        metrics["chair_sentence_by_type"] = _by_type(
+            annotated, lambda group: stats.proportion([bool(s["hallucinated"]) for s in group]))
+        compat = [s for s in annotated if "chair_compat_mentioned" in s]
+        if compat:
+            metrics[CHAIR_COMPAT] = chair_metrics(compat, "chair_compat_mentioned", "chair_compat_hallucinated")
+    probes = [{**p, "says_yes": says_yes(p["answer"], p.get("object"), vocab),
+               "says_yes_compat": pope_compat_says_yes(p["answer"])} for p in probes]
+    if probes:
+        strategies = list(dict.fromkeys(p["strategy"] for p in probes))
+        for key, field in (("pope", "says_yes"), (POPE_COMPAT, "says_yes_compat")):
+            metrics[key] = {strategy: pope_metrics([p["label"] for p in probes if p["strategy"] == strategy],
+                                                   [p[field] for p in probes if p["strategy"] == strategy])
+                            for strategy in strategies}
+    return metrics, probes
 
 
 def score_answers(rows: list[dict], answers: list[str], policy: PairScores, reference: PairScores | None = None,
@@ -111,10 +163,8 @@ def score_answers(rows: list[dict], answers: list[str], policy: PairScores, refe
                   "accuracy_rule": rule, "key": key,
                   "correct": answer_correct(generated, references[i], row.get("answer"), row.get("objects")),
                   "token_f1": round(token_f1(generated, references[i]), 4)}
-        truth = vocab.ground_truth(row.get("objects")) if vocab else None
-        sample["objects"] = sorted(truth) if truth is not None else None
-        if truth is not None:
-            sample.update(chair_answer(generated, truth, vocab))
+        sample.update(chair_fields(generated, row.get("objects"), row.get("captions"), vocab) if vocab
+                      else {"objects": None})
         sample.update(relevance_records[i])
         sample.update(_pair_fields(policy, reference, i, beta))
         samples.append(sample)
@@ -123,18 +173,9 @@ def score_answers(rows: list[dict], answers: list[str], policy: PairScores, refe
     metrics["answer_token_f1"] = stats.mean([s["token_f1"] for s in samples])
     metrics["answer_accuracy_by_type"] = _by_type(samples, lambda group: stats.proportion([s["correct"] for s in group]))
 
-    # ---- hallucination: CHAIR on the answers, POPE from the probes
-    annotated = [s for s in samples if s["objects"] is not None]
-    if annotated:
-        metrics.update(chair_metrics(annotated))
-        metrics["chair_sentence_by_type"] = _by_type(
-            annotated, lambda group: stats.proportion([bool(s["hallucinated"]) for s in group]))
-    probes = [{**p, "says_yes": says_yes(p["answer"])} for p in probes]
-    if probes:
-        strategies = list(dict.fromkeys(p["strategy"] for p in probes))
-        metrics["pope"] = {strategy: pope_metrics([p["label"] for p in probes if p["strategy"] == strategy],
-                                                  [p["says_yes"] for p in probes if p["strategy"] == strategy])
-                           for strategy in strategies}
+    # ---- hallucination: CHAIR on the answers, POPE from the probes, each in both readings
+    found, probes = hallucination_metrics(samples, list(probes), vocab)
+    metrics.update(found)
 
     # ---- relevance
     metrics["relevance"] = {**stats.proportion([s["relevant"] for s in samples]),
@@ -172,7 +213,8 @@ def pope_probes(rows: list[dict], vocab: Vocabulary, strategies=STRATEGIES, per_
     """The yes/no probes for these rows' distinct images, as records still without answers."""
     images = distinct_images(rows, vocab)
     records = []
-    for p in sample_probes([truth for _, truth in images], vocab.objects, strategies, per_image, seed):
+    for p in sample_probes([named for _, _, named in images], vocab.objects, strategies, per_image, seed,
+                           present=[present for _, present, _ in images]):
         first = images[p.image][0]
         records.append({"strategy": p.strategy, "row_id": rows[first].get("row_id", first), "row_index": first,
                         "image": image_key(rows[first]["images"]), "object": p.object,

@@ -2,9 +2,12 @@
 
     vlmpref eval --model runs/tiny --dataset runs/shapes --split test --output-dir runs/eval_base
     vlmpref eval --adapter runs/dpo --dataset runs/shapes --split test --output-dir runs/eval_dpo
+    vlmpref eval --adapter runs/dpo --dataset data/coco_prefs.jsonl --coco-instances instances_val2014.json \
+        --coco-captions captions_val2014.json --output-dir runs/eval_coco
 
 With only `--adapter`, the base model, its quantization and beta come from the adapter's training config
-(`vlmpref_config.yaml`). Writes metrics.json, samples.jsonl, pope.jsonl and images/ (see
+(`vlmpref_config.yaml`). With COCO annotation files, rows with an `image_id` column take their objects (segmentation
+labels) and reference captions from them (see `vlmpref.eval.coco`). Writes metrics.json, samples.jsonl, pope.jsonl and images/ (see
 `vlmpref.eval.evaluate` for the schema) and the resolved config as eval_config.yaml.
 """
 
@@ -53,6 +56,10 @@ class EvalConfig:
         "help": "Relevance of open answers: embedding (needs vlmpref[relevance]), lexical; auto picks embedding "
                 "when installed."})
     seed: int = field(default=0, metadata={"help": "Seed of the POPE probes."})
+    coco_instances: Optional[str] = field(default=None, metadata={
+        "help": "COCO instances_*.json: objects of rows with an image_id column (CHAIR and POPE ground truth)."})
+    coco_captions: Optional[str] = field(default=None, metadata={
+        "help": "COCO captions_*.json: reference captions of those rows (their objects count as present)."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow the model's own code to run."})
     allow_pickle: bool = field(default=False, metadata={"help": "Allow pickle (.bin) weights, which can run code."})
     allow_outside_paths: bool = field(default=False, metadata={
@@ -133,6 +140,8 @@ def run_eval(cfg: EvalConfig, model=None, processor=None) -> Path:
 
     # ---- evaluate
     rows = list(data.dataset)
+    if cfg.coco_instances or cfg.coco_captions:
+        rows = attach_coco(rows, cfg.coco_instances, cfg.coco_captions)
     result = evaluate(model, processor, rows, beta=beta, batch_size=cfg.batch_size,
                       max_new_tokens=cfg.max_new_tokens, desc="adapter" if cfg.adapter else "base",
                       vocabulary=None if cfg.vocabulary == "none" else cfg.vocabulary, pope=cfg.pope,
@@ -143,3 +152,24 @@ def run_eval(cfg: EvalConfig, model=None, processor=None) -> Path:
             "dataset": {"source": cfg.dataset, "split": cfg.split, "rows": len(data.dataset),
                         "set_aside": len(data.set_aside)}}
     return write_eval(result, out, rows=rows, info=info)
+
+
+def attach_coco(rows: list[dict], instances: str | None, captions: str | None) -> list[dict]:
+    """Rows with `objects` and `captions` from COCO annotations, matched by their `image_id` column."""
+    from vlmpref.eval.coco import load_coco
+
+    coco = load_coco(instances, captions)
+    matched = 0
+    out = []
+    for row in rows:
+        found = coco.lookup(row.get("image_id")) if row.get("image_id") is not None else None
+        if found is not None:
+            row = {**row, "objects": found["objects"], "captions": found["captions"]}
+            matched += 1
+        out.append(row)
+    if not matched:
+        raise VlmprefError("No row's image_id is in the COCO annotation files; the dataset needs an image_id column "
+                           "with COCO image ids.")
+    print(f"COCO annotations: {matched} of {len(rows)} rows matched by image_id"
+          + ("" if matched == len(rows) else "; the others keep their own objects column, if any"))
+    return out

@@ -1,18 +1,26 @@
-"""Object vocabularies: which words name which object, for CHAIR and POPE.
+"""Object vocabularies and vlmpref's reading of answers: which words name which object, for CHAIR and POPE.
 
 A vocabulary is a JSON file (`vlmpref/assets/coco80.json`, `vlmpref/assets/shapes.json`, or your own):
 
     {"name": "coco80",
      "objects": [{"name": "dog", "synonyms": ["dog", "puppy", "hound"]}, ...],
      "not_objects": ["bus stop"],          # phrases that name no object of their own
-     "ambiguous": {"orange": "a color"}}   # words that name an object only when no noun follows them
+     "ambiguous": {"orange": "a color"},   # words that name an object only when no noun follows them
+     "senses": {"bat": {"near": [...], "not_near": [...], "not_after": [...], "default": true}}}
 
-`mentions(text)` finds every object named in a text, longest phrase first ("hot dog" before "dog"), with
-plurals ("dogs", "people", "knives"), possessives ("dog's"), and negation: an object named in the scope
-of "no", "not", "without", "never", "none", "nor", "neither" or an "n't" word ("there is no dog",
-"I don't see any cats") is not mentioned. The scope runs to the next punctuation mark or a word that
-starts a new clause ("but", "only", "there", "it", ...). A word naming an object directly before another
-object word only describes it ("a dog bed" names a bed).
+`mentions(text)` is vlmpref's reading (the default; `vlmpref.eval.compat` holds the papers' readings). It finds
+every object named in a text, longest phrase first ("hot dog" before "dog"), with plurals ("dogs", "people",
+"knives") and possessives ("dog's"), and then decides by class (the README lists each rule with an example):
+
+- nouns and verbs: an object word used as a verb names nothing ("a man steers the boat" names a man, no steer;
+  `vlmpref.eval.grammar.read_as_verb`);
+- negation: an object in the noun phrase a negation covers is negated ("there is no dog", "I don't see any
+  cats or dogs"), and the scope ends with that phrase ("no cat and the dog sleeps on a bed" names the dog
+  and the bed; `vlmpref.eval.grammar.negated_tokens`);
+- senses: an ambiguous word names its object only in context (`senses`): a bat hanging in a cave is no
+  baseball bat, a power plant no potted plant, winter gloves no baseball glove, "orange" after "is" a color;
+- modifiers: a word naming an object directly before another object word only describes it ("a dog bed"
+  names a bed), and an `ambiguous` word names its object only when no noun follows it ("an orange cat").
 """
 
 from __future__ import annotations
@@ -25,13 +33,15 @@ from importlib import resources
 from pathlib import Path
 
 from vlmpref.errors import VlmprefError
+from vlmpref.eval.grammar import negated_tokens, read_as_verb, word_classes
 
 BUILTIN = ("coco80", "shapes")
 
 NEGATIONS = {"no", "not", "without", "never", "none", "nor", "neither", "nothing", "nobody", "cannot"}
-# Words that end a negation's scope: they start a new clause or a contrast
-SCOPE_BREAKS = {"but", "however", "although", "though", "while", "whereas", "except", "only", "instead", "rather",
-                "yet", "also", "there", "it", "this", "these", "those", "they", "which", "who", "i", "we"}
+COLORS = {"red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white", "gray", "grey",
+          "golden", "silver", "tan", "beige"}
+LINKING = {"is", "are", "was", "were", "be", "been", "looks", "look", "looking", "appears", "seems", "colored",
+           "coloured", "painted", "bright", "dark", "light", "pale", "burnt", "deep"}
 # Words after which an ambiguous word still names an object ("an orange and a pear")
 FUNCTION_WORDS = {"and", "or", "with", "on", "in", "at", "of", "to", "is", "are", "was", "were", "be", "next", "near",
                   "by", "from", "for", "the", "a", "an", "that", "which", "as", "behind", "under", "above", "beside",
@@ -99,7 +109,7 @@ class Vocabulary:
     """Canonical object names and the phrases (synonyms and their plurals) that name each."""
 
     def __init__(self, name: str, objects: dict[str, list[str]], not_objects: list[str] = (),
-                 ambiguous: list[str] = ()):
+                 ambiguous: list[str] = (), senses: dict[str, dict] | None = None):
         self.name = name
         self.objects = tuple(objects)
         self._phrases: dict[tuple[str, ...], str | None] = {}
@@ -109,6 +119,11 @@ class Vocabulary:
         for phrase in not_objects:
             self._add(phrase, None)
         self._ambiguous = {tuple(t.text for t in tokenize(w)) for w in ambiguous}
+        self._ambiguous |= {words[:-1] + (plural(words[-1]),) for words in self._ambiguous}
+        self._senses: dict[str, dict] = {}
+        for word, sense in (senses or {}).items():
+            self._senses[word] = self._senses[plural(word)] = {k: set(v) if isinstance(v, list) else v
+                                                                for k, v in sense.items()}
         self._longest = max((len(p) for p in self._phrases), default=1)
 
     def _add(self, phrase: str, canonical: str | None):
@@ -121,7 +136,8 @@ class Vocabulary:
     @classmethod
     def from_dict(cls, data: dict) -> "Vocabulary":
         objects = {o["name"]: list(o.get("synonyms", [])) for o in data["objects"]}
-        return cls(data.get("name", "custom"), objects, data.get("not_objects", []), list(data.get("ambiguous", {})))
+        return cls(data.get("name", "custom"), objects, data.get("not_objects", []), list(data.get("ambiguous", {})),
+                   data.get("senses", {}))
 
     def __repr__(self) -> str:
         return f"Vocabulary({self.name!r}, {len(self.objects)} objects)"
@@ -137,35 +153,63 @@ class Vocabulary:
     def mentions(self, text: str) -> list[Mention]:
         """Every object named in `text`, in order, negated ones included and marked."""
         tokens = tokenize(text)
-        found: list[tuple[Mention, int, tuple[str, ...]]] = []  # mention, index after it, its words
-        negated, i = False, 0
+        words = [t.text for t in tokens]
+        tags = word_classes(words)
+        candidates: list[tuple[int, int, str]] = []  # first token, number of tokens, canonical name
+        i = 0
         while i < len(tokens):
-            token = tokens[i]
-            if token.is_punct or token.text in SCOPE_BREAKS:
-                negated, i = False, i + 1
-                continue
-            if token.is_negation:
-                negated, i = True, i + 1
-                continue
-            match = self._match(tokens, i)
+            match = None if tokens[i].is_punct else self._match(tokens, i)
             if match is None:
                 i += 1
                 continue
             length, canonical = match
-            if canonical is not None:
-                words = tuple(t.text for t in tokens[i:i + length])
-                found.append((Mention(canonical, token.start, tokens[i + length - 1].end, negated), i + length, words))
+            if canonical is not None and not (length == 1 and read_as_verb(words, tags, i)) \
+                    and self._in_sense(words, i, length):
+                candidates.append((i, length, canonical))
             i += length
-        return [m for m, after, words in found if not self._describes_next(tokens, after, words, found)]
+        for i, length, _ in candidates:  # an object word is a noun, whatever the tagger guessed
+            tags[i:i + length] = ["NOUN"] * length
+        negated = negated_tokens(words, tags)
+        found = [(Mention(canonical, tokens[i].start, tokens[i + length - 1].end,
+                          any(k in negated for k in range(i, i + length))), i + length, tuple(words[i:i + length]))
+                 for i, length, canonical in candidates]
+        return [m for m, after, phrase in found if not self._describes_next(tokens, tags, after, phrase, found)]
 
-    def _describes_next(self, tokens: list[Token], after: int, words: tuple[str, ...], found) -> bool:
-        """True when the object word only describes the word after it ("dog bed", "orange cat")."""
+    def _in_sense(self, words: list[str], i: int, length: int) -> bool:
+        """Does the ambiguous word at i name its object here? (`senses`: not_after, near, not_near, default)."""
+        sense = self._senses.get(" ".join(words[i:i + length]))
+        if sense is None:
+            return True
+        before = words[i - 1] if i else ""
+        if before in sense.get("not_after", ()):
+            return False
+        if sense.get("colors") and (before in LINKING or (before in ("and", "or") and i > 1 and words[i - 2] in COLORS)
+                                    or (i + length + 1 < len(words) and words[i + length] in ("and", "or")
+                                        and words[i + length + 1] in COLORS)):
+            return False
+        start, end = i, i + length
+        while start > 0 and words[start - 1] not in (".", "!", "?", ";"):
+            start -= 1
+        while end < len(words) and words[end] not in (".", "!", "?", ";"):
+            end += 1
+        sentence = set(words[start:i]) | set(words[i + length:end])
+        if sentence & sense.get("near", set()):
+            return True
+        if sentence & sense.get("not_near", set()):
+            return False
+        return sense.get("default", True)
+
+    def _describes_next(self, tokens: list[Token], tags: list[str], after: int, words: tuple[str, ...],
+                        found) -> bool:
+        """True when the object word only describes the word after it ("dog bed", "orange cat", "glass table")."""
         if after >= len(tokens) or tokens[after].is_punct or tokens[after - 1].possessive:
             return False  # "the dog's ball" names the dog too
         next_starts_object = any(tokens[after].start == m.start for m, _, _ in found)
         if next_starts_object:
             return True
-        return words in self._ambiguous and tokens[after].text not in FUNCTION_WORDS
+        # an ambiguous word before a noun or adjective describes it; before a verb it is the noun ("an orange sits")
+        return words in self._ambiguous and tokens[after].text not in FUNCTION_WORDS and tags[after] in (
+            "NOUN", "ADJ", "OTHER", "NUM")
 
     def mentioned(self, text: str) -> list[str]:
         """Canonical names of the objects `text` says are there (negated mentions left out), each once."""
@@ -205,7 +249,7 @@ def load_vocabulary(name_or_path: str) -> Vocabulary:
                            "check --vocabulary.")
     try:
         return Vocabulary.from_dict(json.loads(path.read_text()))
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
         raise VlmprefError(f"Vocabulary file {path} is not in the expected format ({exc}); see "
                            "vlmpref/assets/shapes.json for an example.") from None
 

@@ -41,6 +41,13 @@ def _annotated(s: dict) -> bool:
     return s.get("objects") is not None
 
 
+def _compat(s: dict) -> bool:
+    return s.get("chair_compat_mentioned") is not None
+
+
+STRATEGY_ORDER = ("random", "popular", "adversarial")
+
+
 def _strategy_is(strategy: str) -> Callable[[dict], bool]:
     return lambda p: p["strategy"] == strategy
 
@@ -52,24 +59,35 @@ def metric_specs(before: dict, after: dict) -> list[MetricSpec]:
     types = sorted(set(before.get("answer_accuracy_by_type", {})) | set(after.get("answer_accuracy_by_type", {})))
     specs += [MetricSpec(f"answer_accuracy_by_type.{t}", f"  accuracy: {t}", "Answers", select=_type_is(t),
                          field="correct") for t in types if len(types) > 1]
-    specs += [MetricSpec("chair_sentence", "hallucination (CHAIR-sentence)", "Hallucination", higher_is_better=False,
-                         select=_annotated, statistic="any_hallucinated"),
-              MetricSpec("chair_instance", "hallucination (CHAIR-instance)", "Hallucination", higher_is_better=False,
-                         select=_annotated, statistic="chair_instance")]
+    specs += [MetricSpec("chair_sentence", "hallucination (CHAIR-sentence, vlmpref)", "Hallucination",
+                         higher_is_better=False, select=_annotated, statistic="any_hallucinated"),
+              MetricSpec("chair_instance", "hallucination (CHAIR-instance, vlmpref)", "Hallucination",
+                         higher_is_better=False, select=_annotated, statistic="chair_instance")]
     types = sorted(set(before.get("chair_sentence_by_type", {})) | set(after.get("chair_sentence_by_type", {})))
     specs += [MetricSpec(f"chair_sentence_by_type.{t}", f"  CHAIR-sentence: {t}", "Hallucination",
                          higher_is_better=False, select=lambda s, t=t: _annotated(s) and _type_is(t)(s),
                          statistic="any_hallucinated", headline=False) for t in types if len(types) > 1]
-    for strategy in ("random", "popular", "adversarial"):
-        if strategy not in before.get("pope", {}) and strategy not in after.get("pope", {}):
-            continue
-        for name, label, better, headline in (("f1", "F1", True, True), ("accuracy", "accuracy", True, False),
-                                              ("precision", "precision", True, False),
-                                              ("recall", "recall", True, False),
-                                              ("yes_ratio", "yes-ratio", None, strategy == "adversarial")):
-            specs.append(MetricSpec(f"pope.{strategy}.{name}", f"POPE {strategy} {label}", "Hallucination",
-                                    higher_is_better=better, source="pope", select=_strategy_is(strategy),
-                                    statistic=f"pope_{name}", headline=headline))
+    # the published scorer's reading, to quote next to papers
+    specs += [MetricSpec("chair_compat.chair_sentence", "CHAIR-sentence (chair_compat, as in papers)", "Hallucination",
+                         higher_is_better=False, select=_compat, statistic="any_hallucinated",
+                         field="chair_compat_hallucinated"),
+              MetricSpec("chair_compat.chair_instance", "CHAIR-instance (chair_compat, as in papers)", "Hallucination",
+                         higher_is_better=False, select=_compat, statistic="chair_instance",
+                         field="chair_compat_hallucinated")]
+    for key, reading, field in (("pope", "vlmpref", "says_yes"), ("pope_compat", "pope_compat, as in papers",
+                                                                   "says_yes_compat")):
+        strategies = list(dict.fromkeys([*STRATEGY_ORDER, *before.get(key, {}), *after.get(key, {})]))
+        for strategy in strategies:
+            if strategy not in before.get(key, {}) and strategy not in after.get(key, {}):
+                continue
+            for name, label, better, headline in (("f1", "F1", True, True), ("accuracy", "accuracy", True, False),
+                                                  ("precision", "precision", True, False),
+                                                  ("recall", "recall", True, False),
+                                                  ("yes_ratio", "yes-ratio", None, strategy == "adversarial")):
+                specs.append(MetricSpec(f"{key}.{strategy}.{name}", f"POPE {strategy} {label} ({reading})",
+                                        "Hallucination", higher_is_better=better, source="pope",
+                                        select=_strategy_is(strategy), statistic=f"pope_{name}", field=field,
+                                        headline=headline and (key == "pope" or name == "f1")))
     method = str((after.get("relevance") or before.get("relevance") or {}).get("method", "lexical"))
     embedding = "embedding" in method
     specs.append(MetricSpec("relevance", f"relevance ({'embedding' if embedding else 'lexical'})", "Relevance",
@@ -107,15 +125,17 @@ def _statistic(spec: MetricSpec, records: list[dict]) -> Callable[[np.ndarray], 
     if spec.statistic == "mean":
         values = np.array([float(r.get(spec.field) or 0.0) for r in records])
         return lambda idx: values[idx].mean() if len(idx) else float("nan")
+    hallucinated = spec.field or "hallucinated"
     if spec.statistic == "any_hallucinated":
-        values = np.array([float(bool(r.get("hallucinated"))) for r in records])
+        values = np.array([float(bool(r.get(hallucinated))) for r in records])
         return lambda idx: values[idx].mean() if len(idx) else float("nan")
     if spec.statistic == "chair_instance":
-        num = np.array([len(r.get("hallucinated") or []) for r in records], dtype=float)
-        den = np.array([len(r.get("mentioned") or []) for r in records], dtype=float)
+        mentioned = hallucinated.replace("hallucinated", "mentioned")
+        num = np.array([len(r.get(hallucinated) or []) for r in records], dtype=float)
+        den = np.array([len(r.get(mentioned) or []) for r in records], dtype=float)
         return lambda idx: num[idx].sum() / den[idx].sum() if den[idx].sum() else float("nan")
     label = np.array([bool(r["label"]) for r in records])
-    yes = np.array([bool(r["says_yes"]) for r in records])
+    yes = np.array([bool(r.get(spec.field or "says_yes")) for r in records])
     name = spec.statistic.removeprefix("pope_")
 
     def pope(idx):
@@ -182,6 +202,8 @@ def compare_runs(before: EvalRun, after: EvalRun) -> list[ComparisonRow]:
         change = None
         if b is not None and a is not None and b.get("value") is not None and a.get("value") is not None:
             paired = _paired_records(spec, before, after) if (spec.field or spec.statistic != "mean") else None
+            if paired is not None and spec.source == "pope" and not all(spec.field in r for r in paired[0] + paired[1]):
+                paired = None  # a schema-1 folder holds no compat reading of its probes
             if paired is not None:
                 b_records, a_records = paired
                 change = stats.paired_change(len(b_records), _statistic(spec, b_records), _statistic(spec, a_records))
@@ -197,7 +219,9 @@ def warnings(before: EvalRun, after: EvalRun) -> list[str]:
     out = []
     b_doc, a_doc = before.document, after.document
     b_data, a_data = b_doc.get("dataset", {}), a_doc.get("dataset", {})
-    if b_data and a_data and (b_data.get("source"), b_data.get("split")) != (a_data.get("source"), a_data.get("split")):
+    scored = b_data.get("split", "") is None and a_data.get("split", "") is None  # two `vlmpref score` answer files
+    if b_data and a_data and not scored and \
+            (b_data.get("source"), b_data.get("split")) != (a_data.get("source"), a_data.get("split")):
         out.append(f"The runs evaluated different data ({b_data.get('source')} [{b_data.get('split')}] vs "
                    f"{a_data.get('source')} [{a_data.get('split')}]).")
     for key, what in (("relevance_method", "relevance methods"), ("vocabulary", "object vocabularies"),
@@ -205,6 +229,11 @@ def warnings(before: EvalRun, after: EvalRun) -> list[str]:
         b, a = b_doc.get("settings", {}).get(key), a_doc.get("settings", {}).get(key)
         if b != a and b is not None and a is not None:
             out.append(f"The runs used different {what}: {b} before, {a} after.")
+    versions = (b_doc.get("schema_version"), a_doc.get("schema_version"))
+    if versions[0] != versions[1] and min(v or 0 for v in versions) < 2:
+        out.append(f"The runs were scored by different vlmpref versions (metrics.json schema {versions[0]} before, "
+                   f"{versions[1]} after): schema 2 reads answers more sharply and samples POPE's negatives as the "
+                   "paper does, so CHAIR and POPE changes mix that with the model's; re-score both to compare them.")
     b_rows = {(s["row_id"], s["question"]) for s in before.samples}
     a_rows = {(s["row_id"], s["question"]) for s in after.samples}
     if b_rows != a_rows:

@@ -61,7 +61,7 @@ def pick_examples(before: EvalRun, after: EvalRun, n: int) -> list[tuple[dict, d
 
     def priority(pair):
         b, a = pair
-        if b["correct"] != a["correct"]:
+        if b.get("correct") != a.get("correct"):
             return 0
         if (b.get("hallucinated") or []) != (a.get("hallucinated") or []):
             return 1
@@ -92,7 +92,7 @@ def _comparison_table(rows: list[ComparisonRow], headline_only: bool) -> str:
 
 
 def _answer_cell(sample: dict) -> str:
-    mark = '<span class="ok">✓</span>' if sample["correct"] else '<span class="no">✗</span>'
+    mark = {True: '<span class="ok">✓</span>', False: '<span class="no">✗</span>'}.get(sample.get("correct"), "")
     text = highlight(sample["generated"], sample.get("hallucinated_spans")) if sample["generated"] else "<i>(empty)</i>"
     extra = ""
     if sample.get("hallucinated"):
@@ -107,7 +107,7 @@ def _example_html(before: dict, after: dict, folders: list[Path]) -> str:
     objects = f' <span class="tag">objects: {html.escape(", ".join(before["objects"]))}</span>' \
         if before.get("objects") is not None else ""
     return (f'<div class="ex">{picture}<div style="flex:1"><p class="q">{html.escape(before["question"])}</p>'
-            f'<p class="ref">reference: {html.escape(before["chosen"])}{objects}</p>'
+            f'<p class="ref">reference: {html.escape(before.get("chosen") or "-")}{objects}</p>'
             f"<table><tr><th>base</th><td>{_answer_cell(before)}</td></tr>"
             f"<tr><th>tuned</th><td>{_answer_cell(after)}</td></tr></table></div></div>")
 
@@ -124,9 +124,14 @@ DEFINITIONS = [
     ("answer accuracy", "key-answer match for short answers (color, number, yes/no, name), the object set for "
                         "shapes descriptions, token-F1 ≥ 0.5 for long answers"),
     ("CHAIR-sentence / -instance", "share of answers naming an object not in the image / share of named "
-                                   "objects not in the image (synonyms, plurals; negated mentions ignored)"),
+                                   "objects not in the image. vlmpref reading: synonyms, plurals, negation bounded "
+                                   "by its phrase, verbs and word senses read in context, each object once per answer. "
+                                   "chair_compat: the published scorer's reading (Rohrbach et al., 2018), every "
+                                   "occurrence counted, no negation; quote this one next to papers"),
     ("POPE", "“Is there a X in the image?” for present and absent objects (random, popular, adversarial "
-             "absent objects); F1 with yes as positive, and the share of yes answers"),
+             "absent objects, sampled as the paper does); F1 with yes as positive, and the share of yes answers. "
+             "vlmpref reading: a leading yes/no, else the first sentence about the object decides. pope_compat: "
+             "POPE's evaluate.py rule (first sentence holds the word No/no/not); quote this one next to papers"),
     ("relevance", "the answer addresses the question: an answer of the asked kind for short-answer "
                   "questions, else similarity to the reference or question (embedding) or shared content "
                   "words (lexical)"),
@@ -180,9 +185,9 @@ def write_report(before: EvalRun, after: EvalRun, rows: list[ComparisonRow], out
     md += ["## All metrics", "", markdown_rows(rows), "", f"## Examples: base vs tuned ({len(pairs)})", "",
            "| question | reference | base | tuned |", "|---|---|---|---|"]
     for b, a in pairs:
-        cell = lambda s: (("✓ " if s["correct"] else "✗ ") + highlight(
+        cell = lambda s: ({True: "✓ ", False: "✗ "}.get(s.get("correct"), "") + highlight(
             s["generated"], s.get("hallucinated_spans"), wrap=lambda t: f"**{t}**", escape=_md_escape))
-        md.append(f"| {_md_escape(b['question'])} | {_md_escape(b['chosen'])} | {cell(b)} | {cell(a)} |")
+        md.append(f"| {_md_escape(b['question'])} | {_md_escape(b.get('chosen') or '-')} | {cell(b)} | {cell(a)} |")
     md += ["", "Hallucinated objects are in **bold**.", "", "## How the metrics are defined", ""]
     md += [f"- **{k}**: {v}" for k, v in DEFINITIONS]
     (out / "report.md").write_text("\n".join(md) + "\n")
