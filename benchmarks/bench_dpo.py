@@ -177,6 +177,8 @@ def run_variant(variant: str, model_dir: str, dataset, args, budget: float | Non
     from trl import DPOConfig, DPOTrainer
 
     from vlmpref.models import load_model, load_processor, lora_config
+    from vlmpref.train import TrainConfig
+    from vlmpref.train.engines import loader_workers
     from vlmpref.train.fast import FastDPOTrainer
 
     cuda = torch.cuda.is_available()
@@ -202,7 +204,9 @@ def run_variant(variant: str, model_dir: str, dataset, args, budget: float | Non
                        gradient_accumulation_steps=per_step, max_steps=1 + args.timed_steps, learning_rate=1e-5,
                        bf16=cuda or args.quantization != "none", use_cpu=not cuda, activation_checkpointing=True,
                        logging_steps=1000, save_strategy="no", report_to=[], max_length=None, seed=0,
-                       dataloader_num_workers=0)
+                       # the fast variants prepare batches as `vlmpref train` does by default; TRL as the guide
+                       dataloader_num_workers=0 if variant == "trl" else loader_workers(TrainConfig()),
+                       dataloader_persistent_workers=variant != "trl" and loader_workers(TrainConfig()) > 0)
     timer = StepTimer()
     started = time.perf_counter()
     if variant == "trl":
@@ -230,7 +234,9 @@ def run_variant(variant: str, model_dir: str, dataset, args, budget: float | Non
               "lora_scope": scope, "timed_pairs": pairs,
               "s_per_pair_steady": steady, "s_per_pair": amortized, "one_time_seconds": setup_extra,
               "setup_seconds": setup, "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30 if cuda else None,
-              "image_cache": getattr(trainer, "image_cache", None) is not None}
+              "image_cache": getattr(trainer, "image_cache", None) is not None,
+              "fused_dora": getattr(trainer, "fused_dora", None), "compile_seconds": getattr(trainer, "compile_seconds", None),
+              "loader_workers": config.dataloader_num_workers}
     del trainer, model
     gc.collect()
     return result

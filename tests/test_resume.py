@@ -280,19 +280,19 @@ def test_nan_loss_stops_with_advice_and_keeps_the_last_good_checkpoint(tiny_mode
 
 
 def test_infinite_gradient_norm_stops_before_the_update():
-    from vlmpref.train.guards import FiniteLossCheck, NonFiniteLoss
+    """The guard runs in transformers' public on_pre_optimizer_step callback, once per step."""
+    from vlmpref.train.guards import NonFiniteLoss, _CheckBeforeUpdate
 
-    class Base:
-        state = type("S", (), {"global_step": 6})()
-
-        def _get_grad_norm(self, model, grad_norm=None):
-            return torch.tensor(float("inf"))
-
-    class Guarded(FiniteLossCheck, Base):
-        pass
-
+    model = torch.nn.Linear(2, 2)
+    trainer = type("Trainer", (), {"_step_losses": torch.tensor(1.5)})()
+    state = type("State", (), {"global_step": 6})()
+    check = _CheckBeforeUpdate(trainer)
+    model.weight.grad = torch.ones(2, 2)
+    check.on_pre_optimizer_step(None, state, None, model=model)  # finite: passes, and starts the next step afresh
+    assert trainer._step_losses is None
+    model.weight.grad = torch.full((2, 2), float("inf"))
     with pytest.raises(NonFiniteLoss, match="the gradient norm is inf at step 7"):
-        Guarded()._get_grad_norm(None)
+        check.on_pre_optimizer_step(None, state, None, model=model)
 
 
 def test_resume_of_a_4bit_run_keeps_the_adapter_precision(tiny_model_dir, shapes_dir, tmp_path):

@@ -130,7 +130,10 @@ class TrainConfig:
         "help": "Loggers: tensorboard, wandb, trackio, or none."})
     dataset_num_proc: Optional[int] = field(default=None, metadata={
         "help": "Processes for data checking and RGB conversion; auto uses up to 8 CPU cores."})
-    dataloader_num_workers: int = field(default=0, metadata={"help": "Background processes that collate batches."})
+    dataloader_num_workers: IntOrAuto = field(default="auto", metadata={
+        "help": "Background processes that prepare batches (image processing, tokens); auto: on a GPU, the fast "
+                "engine uses up to 4 (one CPU core left free) so the next batch is ready when the GPU is; TRL, as "
+                "the guide runs it, and any CPU run use none."})
     allow_outside_paths: bool = field(default=False, metadata={
         "help": "Allow image paths in a local dataset to point outside its folder."})
     max_image_pixels: int = field(default=DEFAULT_MAX_PIXELS, metadata={
@@ -204,6 +207,8 @@ class TrainConfig:
                                "give only one of them.")
         if self.image_longest_edge is not None and self.image_longest_edge <= 0:
             raise VlmprefError(f"--image-longest-edge must be positive, not {self.image_longest_edge}.")
+        if self.dataloader_num_workers != "auto" and self.dataloader_num_workers < 0:
+            raise VlmprefError(f"--dataloader-num-workers must be 0 or more, or auto, not {self.dataloader_num_workers}.")
         if self.max_gpu_memory is not None and self.max_gpu_memory <= 0:
             raise VlmprefError(f"--max-gpu-memory must be positive, not {self.max_gpu_memory}.")
         from vlmpref.train.reporting import check_report_to

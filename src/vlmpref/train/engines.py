@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import torch
@@ -43,14 +44,26 @@ class FastEngine(AtomicCheckpoints, ResumeKeepsPrecision, FiniteLossCheck, FastD
 SAME_NAMES = ("output_dir", "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
               "per_device_eval_batch_size", "gradient_accumulation_steps", "lr_scheduler_type", "warmup_steps",
               "weight_decay", "max_grad_norm", "beta", "loss_weights", "max_length", "seed", "logging_steps",
-              "save_steps", "save_total_limit", "dataset_num_proc", "dataloader_num_workers")
+              "save_steps", "save_total_limit", "dataset_num_proc")
+
+
+def loader_workers(cfg: TrainConfig) -> int:
+    """`--dataloader-num-workers`, with auto resolved (see its help)."""
+    if cfg.dataloader_num_workers != "auto":
+        return cfg.dataloader_num_workers
+    if cfg.engine != "fast" or not torch.cuda.is_available():
+        return 0
+    return min(4, max(0, (os.cpu_count() or 1) - 1))
 
 
 def dpo_config(cfg: TrainConfig, bf16: bool, has_eval: bool) -> DPOConfig:
     """Map our flat TrainConfig onto TRL's DPOConfig (same names, plus the guide's fixed choices)."""
     eval_every = cfg.eval_steps if has_eval else None
+    workers = loader_workers(cfg)
     return DPOConfig(
         **{name: getattr(cfg, name) for name in SAME_NAMES},
+        dataloader_num_workers=workers,
+        dataloader_persistent_workers=workers > 0,  # forked once, not again every epoch
         loss_type=list(cfg.loss_type),
         bf16=bf16,
         activation_checkpointing=cfg.gradient_checkpointing,
@@ -61,6 +74,7 @@ def dpo_config(cfg: TrainConfig, bf16: bool, has_eval: bool) -> DPOConfig:
         report_to=list(cfg.report_to),
         # transformers hides its progress bar when its logger is quieter than WARNING, as the CLI sets it
         disable_tqdm=False,
+        logging_nan_inf_filter=False,  # the guard stops on NaN/inf once per step; the filter waits every micro-batch
         use_cpu=not torch.cuda.is_available(),
     )
 

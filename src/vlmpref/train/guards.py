@@ -2,8 +2,10 @@
 
 - SIGINT / SIGTERM during training: the current optimizer step finishes, a checkpoint is written, and `train`
   returns with `interrupted` set; a second signal stops at once (the last checkpoint is kept).
-- NaN or inf in the loss (each micro-batch) or the gradient norm (each step, before the optimizer applies
-  it): training stops with `NonFiniteLoss`, so the last checkpoint stays the last good one.
+- NaN or inf in the loss of any micro-batch or in the gradient norm: checked once per optimizer step, before
+  the optimizer applies it (transformers' public `on_pre_optimizer_step` callback), so training stops with
+  `NonFiniteLoss` and the last checkpoint stays the last good one. The per-micro-batch losses are combined on
+  the GPU and read back once per step, so the host never waits for the GPU in between.
 """
 
 from __future__ import annotations
@@ -29,18 +31,34 @@ class NonFiniteLoss(Exception):
 class FiniteLossCheck:
     """Trainer mixin: stop before an update computed from a NaN or infinite loss or gradient is applied."""
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._step_losses: torch.Tensor | None = None  # this step's micro-batch losses, summed on the device
+        self.add_callback(_CheckBeforeUpdate(self))
+
     def training_step(self, *args, **kwargs):
         loss = super().training_step(*args, **kwargs)
-        if not torch.isfinite(loss).all():
-            raise NonFiniteLoss("the loss", float(loss.detach().float().mean()), self.state.global_step + 1)
+        total = loss.detach().float().sum()
+        self._step_losses = total if self._step_losses is None else self._step_losses + total
         return loss
 
-    def _get_grad_norm(self, model, grad_norm=None):
-        grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
-        value = float(grad_norm) if grad_norm is not None else 0.0
-        if not math.isfinite(value):
-            raise NonFiniteLoss("the gradient norm", value, self.state.global_step + 1)
-        return grad_norm
+
+class _CheckBeforeUpdate(TrainerCallback):
+    """Before each optimizer update: the step's losses and the adapters' gradient norm must be finite."""
+
+    def __init__(self, trainer: FiniteLossCheck):
+        self.trainer = trainer
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        grads = [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]
+        losses, self.trainer._step_losses = self.trainer._step_losses, None
+        norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+        loss = losses if losses is not None else torch.zeros((), device=norm.device)
+        loss_value, norm_value = torch.stack([loss.to(norm.device), norm.float()]).tolist()  # one read-back
+        if not math.isfinite(loss_value):
+            raise NonFiniteLoss("the loss", loss_value, state.global_step + 1)
+        if not math.isfinite(norm_value):
+            raise NonFiniteLoss("the gradient norm", norm_value, state.global_step + 1)
 
 
 class StopRequest:

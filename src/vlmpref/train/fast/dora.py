@@ -10,6 +10,8 @@ computation where PEFT does 64. The output also keeps the activation dtype (see 
 
 from __future__ import annotations
 
+import logging
+import os
 import types
 
 import torch
@@ -17,6 +19,8 @@ import torch.nn.functional as F
 from peft.tuners.lora.dora import DoraLinearLayer
 from peft.utils.integrations import dequantize_module_weight
 from peft.utils.other import transpose
+
+logger = logging.getLogger(__name__)
 
 
 def _weight_norm(layer: DoraLinearLayer, base_layer, lora_A, lora_B, scaling: float, dtype: torch.dtype):
@@ -43,11 +47,67 @@ def _cached_forward(self, x, *, lora_A, lora_B, scaling, base_layer, base_result
     else:
         weight = dequantize_module_weight(base_layer).to(x.dtype)
         base_result = F.linear(x, transpose(weight, self.fan_in_fan_out))
-    # The magnitude is float32; PEFT multiplies it into [tokens, features] activations, which promotes
-    # the layer's output (and the residual stream after it) to float32. The factors are formed in float32
-    # (scale - 1 is small and would vanish in bf16) and only then cast, so activations keep their dtype.
+    return _combine_fn(base_result)(mag_norm_scale, scaling, base_result, lora_result)
+
+
+def combine(mag_norm_scale: torch.Tensor, scaling: float, base_result: torch.Tensor, lora_result: torch.Tensor):
+    """DoRA's output from the base and LoRA outputs: (m/||W|| - 1) * base + (m/||W|| * s) * lora.
+
+    The magnitude is float32; PEFT multiplies it into [tokens, features] activations, which promotes the layer's
+    output (and the residual stream after it) to float32. The factors are formed in float32 (scale - 1 is small
+    and would vanish in bf16) and only then cast, so activations keep their dtype.
+    """
     dtype = base_result.dtype
     return (mag_norm_scale - 1).to(dtype) * base_result + (mag_norm_scale * scaling).to(dtype) * lora_result
+
+
+# ---- one fused kernel for `combine` on a GPU
+# Eagerly `combine` is three passes over [tokens, features] tensors forward (two products and a sum) and more in
+# backward, in every adapted layer; it was 37% of the GPU time of a language-only step on the 2.2B model
+# (benchmarks/RESULTS.md, engine v2 profile). torch.compile fuses each direction into one kernel. Shapes are
+# dynamic (token counts change per batch), so one compilation per dtype serves the whole run.
+_compiled = {"fn": None, "ok": None}
+
+
+def _combine_fn(base_result: torch.Tensor):
+    if base_result.device.type != "cuda" or _compiled["ok"] is False:
+        return combine
+    if _compiled["ok"] is None:
+        enable_fused_combine(base_result.device)
+    return _compiled["fn"] if _compiled["ok"] else combine
+
+
+def enable_fused_combine(device) -> bool:
+    """Compile `combine` and check it, forward and backward, against the eager version on small inputs of both
+    stream dtypes; any failure (no compiler, a Triton error) leaves the eager version in place, with a notice."""
+    if os.environ.get("VLMPREF_COMPILE", "1") == "0" or torch.device(device).type != "cuda":
+        _compiled["ok"] = False
+        return False
+    try:
+        fn = torch.compile(combine, dynamic=True, fullgraph=True)
+        for dtype in (torch.bfloat16, torch.float32):
+            for tokens in (96, 160):  # two sizes: a dynamic graph, not one specialized to the first shape
+                generator = torch.Generator(device=device).manual_seed(tokens)
+                args = [torch.rand(1, 48, device=device, generator=generator) + 0.5]
+                base, lora = (torch.randn(tokens, 48, device=device, generator=generator, dtype=dtype)
+                              .requires_grad_() for _ in range(2))
+                scale = args[0].clone().requires_grad_()
+                eager_scale = args[0].clone().requires_grad_()
+                b2, l2 = (t.detach().clone().requires_grad_() for t in (base, lora))
+                fn(scale, 0.5, base, lora).float().square().sum().backward()
+                combine(eager_scale, 0.5, b2, l2).float().square().sum().backward()
+                tolerance = 2e-2 if dtype == torch.bfloat16 else 1e-4
+                for got, want in ((scale.grad, eager_scale.grad), (base.grad, b2.grad), (lora.grad, l2.grad)):
+                    torch.testing.assert_close(got.float(), want.float(), rtol=tolerance, atol=tolerance)
+                with torch.no_grad():  # the reference pass runs it without gradients: a graph of its own
+                    torch.testing.assert_close(fn(scale, 0.5, base, lora).float(),
+                                               combine(scale, 0.5, base, lora).float(), rtol=tolerance, atol=tolerance)
+        _compiled.update(fn=fn, ok=True)
+    except Exception as exc:  # the eager version is always correct; compiling is only faster
+        logger.warning("DoRA's fused kernel is not available (%s: %s); using the eager version.",
+                       type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
+        _compiled.update(fn=None, ok=False)
+    return bool(_compiled["ok"])
 
 
 def dora_layers(model) -> list[DoraLinearLayer]:

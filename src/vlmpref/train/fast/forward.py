@@ -7,6 +7,7 @@ and LLaVA-style models, with or without a PEFT wrapper.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -107,27 +108,52 @@ def answer_token_logps(hidden: torch.Tensor, lm_head: torch.nn.Module, targets: 
     return torch.cat(out)
 
 
+def _with_image_features(model, batch: PackedBatch, embeds: torch.Tensor, features: torch.Tensor | None):
+    """Token embeddings with the image tokens' rows replaced by the image features (in token order)."""
+    index = batch.image_index
+    if index is None:  # a batch packed without the image token id: find the image tokens here (waits for the GPU)
+        positions = batch.input_ids == image_token_id(model)
+        if not positions.any():
+            return embeds
+        index = positions.reshape(-1).nonzero().squeeze(-1)
+    if index.numel() == 0:
+        return embeds
+    if features is None:
+        features = batch_image_features(model, batch.pixel_inputs)
+    flat = embeds.reshape(-1, embeds.shape[-1]).index_copy(0, index, features.to(embeds.dtype))
+    return flat.view(embeds.shape)
+
+
+def attention_backends(mask_is_dense: bool):
+    """SDPA kernels for a dense boolean mask on a GPU: cuDNN's attention rebuilds its execution plan for new
+    shapes and mask layouts at a host cost of milliseconds per call (benchmarks/RESULTS.md, engine v2 profile),
+    so the memory-efficient kernel, which takes the same mask at microseconds, is preferred."""
+    if not mask_is_dense or not torch.cuda.is_available():
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.MATH])
+
+
 def packed_logps(model, batch: PackedBatch, features: torch.Tensor | None = None,
                  attention: str = "dense") -> PairLogps:
     """Summed answer log-probs of every pair in `batch`.
 
     `features` are the image features of all pairs in order (from `image_features` or the cache); when None
-    and the batch has pixels, they are computed here. `attention` is `dense` (a [1, 1, L, L] boolean mask,
-    for sdpa/eager) or `flex` (a FlexAttention BlockMask).
+    and the batch has pixels, they are computed here. `attention` is `dense` (a [R, 1, L, L] boolean mask,
+    for sdpa/eager) or `flex` (a FlexAttention BlockMask). Nothing here reads a value back from the GPU, so
+    the host can queue the next work while the GPU computes.
     """
-    embeds = model.get_input_embeddings()(batch.input_ids)
-    image_positions = batch.input_ids == image_token_id(model)
-    if image_positions.any():
-        if features is None:
-            features = batch_image_features(model, batch.pixel_inputs)
-        embeds = embeds.masked_scatter(image_positions.unsqueeze(-1), features.to(embeds.dtype))
+    embeds = _with_image_features(model, batch, model.get_input_embeddings()(batch.input_ids), features)
     mask = block_mask(batch) if attention == "flex" else dense_mask(batch)
-    hidden = model.get_decoder()(inputs_embeds=embeds, attention_mask=mask, position_ids=batch.position_ids,
-                                 use_cache=False).last_hidden_state
+    with attention_backends(attention != "flex"):
+        hidden = model.get_decoder()(inputs_embeds=embeds, attention_mask=mask, position_ids=batch.position_ids,
+                                     use_cache=False).last_hidden_state
     hidden = hidden.reshape(-1, hidden.shape[-1])[batch.logit_index]
     token_logps = answer_token_logps(hidden, model.get_output_embeddings(), batch.target_ids)
-    n = batch.num_pairs
-    zeros = token_logps.new_zeros(n)
-    chosen = zeros.index_add(0, batch.target_pair[batch.target_is_chosen], token_logps[batch.target_is_chosen])
-    rejected = zeros.index_add(0, batch.target_pair[~batch.target_is_chosen], token_logps[~batch.target_is_chosen])
+    # per-pair sums by index, with the other answer's tokens multiplied by zero: no boolean indexing, no sync
+    is_chosen = batch.target_is_chosen.to(token_logps.dtype)
+    zeros = token_logps.new_zeros(batch.num_pairs)
+    chosen = zeros.index_add(0, batch.target_pair, token_logps * is_chosen)
+    rejected = zeros.index_add(0, batch.target_pair, token_logps * (1 - is_chosen))
     return PairLogps(chosen=chosen, rejected=rejected, token_logps=token_logps)

@@ -80,12 +80,18 @@ def tokenize_pair(row: dict, processor, pair_id: int = -1, image_key: str | None
                       pixel_inputs=pixels, pair_id=pair_id, image_key=image_key)
 
 
+# Rows (layout "rows") are padded to a multiple of this many tokens: shapes then repeat from batch to batch, so
+# attention kernels, the allocator and compiled code reuse what they prepared for an earlier batch
+ROW_MULTIPLE = 64
+
+
 @dataclass
 class PackedBatch:
     """Several pairs, as one padding-free row (`packed`) or one padded row per pair (`rows`).
 
     Token-level tensors are [R, L]; `segment` is the pair index of each token (-1 for padding) and `role`
-    says prompt / chosen / rejected. `logit_index` addresses the flattened [R * L] tokens.
+    says prompt / chosen / rejected. `logit_index` addresses the flattened [R * L] tokens. Every index is
+    computed here, on the CPU, so the forward pass never waits for the GPU to find positions.
     """
 
     input_ids: torch.Tensor            # [R, L]
@@ -96,16 +102,24 @@ class PackedBatch:
     target_ids: torch.Tensor           # [T] the answer token each of them predicts
     target_pair: torch.Tensor          # [T] pair index of each target
     target_is_chosen: torch.Tensor     # [T] True for chosen targets, False for rejected
+    chosen_targets: torch.Tensor       # [Tc] indices into the T targets that are chosen-answer tokens
     chosen_lengths: torch.Tensor       # [P]
     rejected_lengths: torch.Tensor     # [P]
     pixel_inputs: list[dict]           # per pair, the processor's image tensors (empty with cached features)
     pair_ids: list[int]
     image_keys: list[str | None]
+    image_index: torch.Tensor | None = None  # flat positions of the image tokens, in order
+    token_count: int = 0               # tokens that are not padding
     pairs: list[PairTokens] = field(default_factory=list, repr=False)  # what was packed, to re-pack a part
     layout: str = "rows"
     pad_id: int = 0
+    image_token_id: int | None = None
     ref_chosen_logps: torch.Tensor | None = None
     ref_rejected_logps: torch.Tensor | None = None
+
+    TENSORS = ("input_ids", "position_ids", "segment", "role", "logit_index", "target_ids", "target_pair",
+               "target_is_chosen", "chosen_targets", "chosen_lengths", "rejected_lengths", "image_index",
+               "ref_chosen_logps", "ref_rejected_logps")
 
     @property
     def num_pairs(self) -> int:
@@ -113,23 +127,31 @@ class PackedBatch:
 
     @property
     def num_tokens(self) -> int:
-        return int((self.segment >= 0).sum())
+        return self.token_count
 
     def split(self, size: int) -> list["PackedBatch"]:
         """The same pairs as batches of `size` pairs each, reference log-probs included (for a smaller forward)."""
         parts = []
         for start in range(0, self.num_pairs, size):
-            part = pack(self.pairs[start:start + size], layout=self.layout, pad_id=self.pad_id)
+            part = pack(self.pairs[start:start + size], layout=self.layout, pad_id=self.pad_id,
+                        image_token_id=self.image_token_id)
             if self.ref_chosen_logps is not None:
                 part.ref_chosen_logps = self.ref_chosen_logps[start:start + size]
                 part.ref_rejected_logps = self.ref_rejected_logps[start:start + size]
             parts.append(part)
         return parts
 
+    def pin_memory(self) -> "PackedBatch":
+        """Page-locked copies, so that `to(device, non_blocking=True)` returns at once (DataLoader calls this)."""
+        for name in self.TENSORS:
+            value = getattr(self, name)
+            if value is not None and value.device.type == "cpu":
+                setattr(self, name, value.pin_memory())
+        self.pixel_inputs = [{k: v.pin_memory() for k, v in p.items()} for p in self.pixel_inputs]
+        return self
+
     def to(self, device) -> "PackedBatch":
-        for name in ("input_ids", "position_ids", "segment", "role", "logit_index", "target_ids", "target_pair",
-                     "target_is_chosen", "chosen_lengths", "rejected_lengths", "ref_chosen_logps",
-                     "ref_rejected_logps"):
+        for name in self.TENSORS:
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, value.to(device, non_blocking=True))
@@ -155,9 +177,11 @@ def _pair_layout(pair: PairTokens, p_index: int, offset: int):
     return ids, positions, roles, predictors, targets, is_chosen
 
 
-def pack(pairs: list[PairTokens], layout: str = "rows", pad_id: int = 0) -> PackedBatch:
+def pack(pairs: list[PairTokens], layout: str = "rows", pad_id: int = 0, image_token_id: int | None = None,
+         multiple: int = ROW_MULTIPLE) -> PackedBatch:
     """Lay pairs out as [prompt | chosen | rejected] blocks: all in one row (`packed`, for block-sparse
-    attention) or one right-padded row per pair (`rows`, for dense masks, whose cost grows with row length^2)."""
+    attention) or one right-padded row per pair (`rows`, for dense masks, whose cost grows with row length^2),
+    padded to a multiple of `multiple` tokens. `image_token_id` lets the image tokens be located here."""
     rows: list[dict] = []
     logit_index, targets, target_pair, target_is_chosen = [], [], [], []
     for p_index, pair in enumerate(pairs):
@@ -175,20 +199,28 @@ def pack(pairs: list[PairTokens], layout: str = "rows", pad_id: int = 0) -> Pack
         targets += answer
         target_pair += [p_index] * len(answer)
         target_is_chosen += is_chosen
-    length = max(len(r["ids"]) for r in rows)
+    longest = max(len(r["ids"]) for r in rows)
+    length = -(-longest // multiple) * multiple if layout == "rows" else longest
 
     def padded(key, fill):
         return torch.tensor([r[key] + [fill] * (length - len(r[key])) for r in rows])
 
+    input_ids = padded("ids", pad_id)
+    image_index = None
+    if image_token_id is not None:
+        image_index = (input_ids.reshape(-1) == image_token_id).nonzero().squeeze(-1)
+    is_chosen = torch.tensor(target_is_chosen, dtype=torch.bool)
     return PackedBatch(
-        input_ids=padded("ids", pad_id), position_ids=padded("pos", 0), segment=padded("seg", -1),
+        input_ids=input_ids, position_ids=padded("pos", 0), segment=padded("seg", -1),
         role=padded("role", PROMPT), logit_index=torch.tensor([r * length + c for r, c in logit_index]),
-        target_ids=torch.tensor(targets), target_pair=torch.tensor(target_pair),
-        target_is_chosen=torch.tensor(target_is_chosen),
+        target_ids=torch.tensor(targets), target_pair=torch.tensor(target_pair), target_is_chosen=is_chosen,
+        chosen_targets=is_chosen.nonzero().squeeze(-1),
         chosen_lengths=torch.tensor([len(p.chosen_ids) for p in pairs]),
         rejected_lengths=torch.tensor([len(p.rejected_ids) for p in pairs]),
         pixel_inputs=[p.pixel_inputs for p in pairs], pair_ids=[p.pair_id for p in pairs],
-        image_keys=[p.image_key for p in pairs], pairs=list(pairs), layout=layout, pad_id=pad_id)
+        image_keys=[p.image_key for p in pairs], image_index=image_index,
+        token_count=sum(len(r["ids"]) for r in rows), pairs=list(pairs), layout=layout, pad_id=pad_id,
+        image_token_id=image_token_id)
 
 
 def allowed(seg_q, role_q, seg_k, role_k, q, k):

@@ -53,34 +53,51 @@ class PackCollator:
     """Rows -> one PackedBatch, with reference log-probs attached when known."""
 
     def __init__(self, processor, reference: ReferenceLogps | None = None, cached_keys: set | None = None,
-                 layout: str = "rows", max_length: int | None = None):
+                 layout: str = "rows", max_length: int | None = None, image_token_id: int | None = None):
         self.processor = processor
         self.layout = layout
         self.max_length = max_length
+        self.image_token_id = image_token_id
         self.pad_id = processor.tokenizer.pad_token_id or 0
         self.reference = reference
         self.cached_keys = cached_keys if cached_keys is not None else set()
         self.tokens: dict[int, PairTokens] = {}  # pairs whose image features are cached need no processor
 
-    def __call__(self, rows: list[dict]) -> dict:
-        pairs = []
-        for row in rows:
-            pair_id = row[PAIR_ID]
-            if pair_id in self.tokens:
-                pairs.append(self.tokens[pair_id])
-                continue
-            images = row.get("images") or ([row["image"]] if row.get("image") is not None else [])
-            key = images_key(images) if images else None
-            cached = key is not None and key in self.cached_keys
-            pair = tokenize_pair(row, self.processor, pair_id=pair_id, image_key=key, with_pixels=not cached,
-                                 max_length=self.max_length)
-            if cached:
-                self.tokens[pair_id] = pair
-            pairs.append(pair)
-        batch = pack(pairs, layout=self.layout, pad_id=self.pad_id)
+    def tokenize(self, row: dict) -> PairTokens:
+        """One row's tokens (and image tensors unless its image features are cached)."""
+        pair_id = row[PAIR_ID]
+        if pair_id in self.tokens:
+            return self.tokens[pair_id]
+        images = row.get("images") or ([row["image"]] if row.get("image") is not None else [])
+        key = images_key(images) if images else None
+        cached = key is not None and key in self.cached_keys
+        pair = tokenize_pair(row, self.processor, pair_id=pair_id, image_key=key, with_pixels=not cached,
+                             max_length=self.max_length)
+        if cached:
+            self.tokens[pair_id] = pair
+        return pair
+
+    def pack(self, pairs: list[PairTokens]) -> dict:
+        batch = pack(pairs, layout=self.layout, pad_id=self.pad_id, image_token_id=self.image_token_id)
         if self.reference is not None and len(self.reference):
             batch.ref_chosen_logps, batch.ref_rejected_logps = self.reference.lookup(batch.pair_ids)
         return {"packed": batch}
+
+    def __call__(self, rows: list[dict]) -> dict:
+        return self.pack([self.tokenize(row) for row in rows])
+
+
+class _Tokenized(torch.utils.data.Dataset):
+    """A dataset's rows as PairTokens, so that a DataLoader's workers prepare pairs one by one."""
+
+    def __init__(self, dataset, collator: PackCollator):
+        self.dataset, self.collator = dataset, collator
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> PairTokens:
+        return self.collator.tokenize(self.dataset[index])
 
 
 def with_pair_ids(dataset, offset: int = 0):
@@ -144,6 +161,9 @@ class FastDPOTrainer(DPOTrainer):
                                  f"the effective batch {total}.")
             _regroup(args, pairs_per_forward)
         args.precompute_ref_log_probs = False  # TRL refuses it for vision data; this engine always precomputes
+        # transformers' filter reads every micro-batch's loss back from the GPU to replace a NaN in the logged
+        # average; vlmpref's guard stops on a NaN instead, once per optimizer step (train/guards.py)
+        args.logging_nan_inf_filter = False
         train_dataset = with_pair_ids(train_dataset)
         eval_dataset = with_pair_ids(eval_dataset, offset=len(train_dataset) if train_dataset is not None else 0)
         super().__init__(model=model, ref_model=ref_model, args=args, train_dataset=train_dataset,
@@ -156,8 +176,16 @@ class FastDPOTrainer(DPOTrainer):
                              f"{unwrapped.config.model_type}; use trl.DPOTrainer for this model.")
         dora.skip_zero_dropout(unwrapped)
         self._dora_layers = dora.enable_norm_cache(unwrapped)
+        text_attention = unwrapped.config.get_text_config()._attn_implementation
+        if text_attention == "flash_attention_2":
+            # FlashAttention-2 takes a 2-D padding mask only: the shared-prefix mask would be read as padding
+            if self.is_local_process_zero():
+                print("note: the fast engine needs a 4-D attention mask, which flash_attention_2 does not take; "
+                      "switching this model to sdpa.")
+            unwrapped.set_attn_implementation("sdpa")
+            text_attention = "sdpa"
         if attention == "auto":
-            attention = "flex" if unwrapped.config.get_text_config()._attn_implementation == "flex_attention" else "dense"
+            attention = "flex" if text_attention == "flex_attention" else "dense"
         self.attention = attention
         self.layout = "packed" if attention == "flex" else "rows"  # dense masks cost L^2: keep rows short
         self.vision_frozen = vision_is_frozen(unwrapped)
@@ -181,7 +209,13 @@ class FastDPOTrainer(DPOTrainer):
         self._split = 1  # > 1 after an out-of-memory in the first step: each micro-batch runs in this many parts
         self._loss_scale = 1.0
         self._first_step = None  # the global step the first training_step of this train() call ran in
+        self._parameter_count = None
         self.pairs_trained = 0  # pairs this process trained on (resumed steps not included)
+
+        # ---- compiled kernels (GPU only), ready before anything is timed
+        started = time.perf_counter()
+        self.fused_dora = bool(self._dora_layers) and dora.enable_fused_combine(self.accelerator.device)
+        self.compile_seconds = time.perf_counter() - started
 
         # ---- what is computed once: image features (frozen vision tower) and reference log-probs
         fingerprint = model_fingerprint(unwrapped, self.processing_class)
@@ -189,8 +223,9 @@ class FastDPOTrainer(DPOTrainer):
                                               int(cache_memory_gib * 2**30)) if use_cache else None)
         # Keys whose features are cached: the collator then skips image preprocessing for them
         self._cached_keys: set[str] = set()
-        self.data_collator = PackCollator(self.processing_class, cached_keys=self._cached_keys,
-                                          layout=self.layout, max_length=self.args.max_length)
+        self.data_collator = PackCollator(self.processing_class, cached_keys=self._cached_keys, layout=self.layout,
+                                          max_length=self.args.max_length,
+                                          image_token_id=forward.image_token_id(unwrapped))
         started = time.perf_counter()
         self.reference = self._reference_logps(fingerprint)
         self.reference_seconds = time.perf_counter() - started  # one-time cost, reported by the benchmark
@@ -236,22 +271,38 @@ class FastDPOTrainer(DPOTrainer):
             return stored
         reference = ReferenceLogps(fingerprint)
         model = self.ref_model or self.model
-        # Batched like training; the pairs' images and tokens are prepared by worker processes meanwhile
+        # Batched like training; worker processes prepare pairs (image processing, tokens) one by one meanwhile
         batch_size = max(1, self.args.precompute_ref_batch_size or self.args.per_device_train_batch_size)
         was_training = model.training
         model.eval()
         with torch.no_grad(), self._reference_context():
             for dataset in datasets_:
-                loader = DataLoader(dataset, batch_size=batch_size, collate_fn=self.data_collator,
-                                    num_workers=one_time_workers(len(dataset), batch_size))
-                for batch in tqdm(loader, desc="Reference log-probs (once)", disable=not self.is_local_process_zero()):
-                    batch = batch["packed"]
+                workers = one_time_workers(len(dataset), batch_size)
+                # about two batches in flight: pixel tensors of a 13-tile image are ~23 MB each
+                loader = DataLoader(_Tokenized(dataset, self.data_collator), batch_size=None, num_workers=workers,
+                                    prefetch_factor=max(2, -(-2 * batch_size // workers)) if workers else None)
+                ids, chosen, rejected = [], [], []
+                progress = tqdm(total=len(dataset), desc="Reference log-probs (once)",
+                                disable=not self.is_local_process_zero())
+                pending: list[PairTokens] = []
+                for index, pair in enumerate(loader):
+                    pending.append(pair)
+                    if len(pending) < batch_size and index < len(dataset) - 1:
+                        continue
+                    batch = self.data_collator.pack(pending)["packed"]
                     self._keep_tokens(batch)
                     batch = batch.to(self.accelerator.device)
                     features = self._features(model, batch)
                     with self.accelerator.autocast():
                         logps = packed_logps(model, batch, features, self.attention)
-                    reference.add(batch.pair_ids, logps.chosen.double().cpu(), logps.rejected.double().cpu())
+                    ids += batch.pair_ids
+                    chosen.append(logps.chosen.detach())  # read back once, at the end: no wait per batch
+                    rejected.append(logps.rejected.detach())
+                    progress.update(len(pending))
+                    pending = []
+                progress.close()
+                if ids:
+                    reference.add(ids, torch.cat(chosen).double().cpu(), torch.cat(rejected).double().cpu())
         model.train(was_training)
         if self.is_world_process_zero():
             os.makedirs(self.args.output_dir, exist_ok=True)
@@ -312,11 +363,10 @@ class FastDPOTrainer(DPOTrainer):
             policy = packed_logps(model, batch, features, self.attention)
         ref_chosen = batch.ref_chosen_logps.to(policy.chosen.dtype)
         ref_rejected = batch.ref_rejected_logps.to(policy.chosen.dtype)
-        chosen_mask = batch.target_is_chosen
         x = LossInputs(chosen_logps=policy.chosen, rejected_logps=policy.rejected,
                        ref_chosen_logps=ref_chosen, ref_rejected_logps=ref_rejected,
                        chosen_lengths=batch.chosen_lengths, rejected_lengths=batch.rejected_lengths,
-                       chosen_token_logps=policy.token_logps[chosen_mask])
+                       chosen_token_logps=policy.token_logps.index_select(0, batch.chosen_targets))
         loss = combined_loss(self.loss_types, self.loss_weights, x, self.beta, self.label_smoothing) * self._loss_scale
         self._log_metrics(mode, x, batch)
         return (loss, None) if return_outputs else loss
@@ -371,19 +421,38 @@ class FastDPOTrainer(DPOTrainer):
             p.grad = g
 
     def _log_metrics(self, mode: str, x: LossInputs, batch: PackedBatch) -> None:
+        """TRL's metrics, kept on the device until `log` reads them all at once (a `.item()` per micro-batch
+        would make the host wait for the GPU six times per forward)."""
         gather = self.accelerator.gather_for_metrics
         chosen_rewards = self.beta * x.chosen_logratios.detach()
         rejected_rewards = self.beta * x.rejected_logratios.detach()
         m = self._metrics[mode]
-        m["rewards/chosen"].append(gather(chosen_rewards).mean().item())
-        m["rewards/rejected"].append(gather(rejected_rewards).mean().item())
-        m["rewards/accuracies"].append(gather((chosen_rewards > rejected_rewards).float()).mean().item())
-        m["rewards/margins"].append(gather(chosen_rewards - rejected_rewards).mean().item())
-        m["logps/chosen"].append(gather(x.chosen_logps.detach()).mean().item())
-        m["logps/rejected"].append(gather(x.rejected_logps.detach()).mean().item())
+        m["rewards/chosen"].append(gather(chosen_rewards).mean())
+        m["rewards/rejected"].append(gather(rejected_rewards).mean())
+        m["rewards/accuracies"].append(gather((chosen_rewards > rejected_rewards).float()).mean())
+        m["rewards/margins"].append(gather(chosen_rewards - rejected_rewards).mean())
+        m["logps/chosen"].append(gather(x.chosen_logps.detach()).mean())
+        m["logps/rejected"].append(gather(x.rejected_logps.detach()).mean())
         if mode == "train":
             self._total_train_tokens += batch.num_tokens
         m["num_tokens"] = [self._total_train_tokens]
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "train" if self.model.training else "eval"
+        metrics = self._metrics[mode]
+        pending = [(key, i) for key, values in metrics.items() for i, v in enumerate(values) if torch.is_tensor(v)]
+        if pending:  # one read-back for every metric kept since the last log
+            values = torch.stack([metrics[key][i].float() for key, i in pending]).tolist()
+            for (key, i), value in zip(pending, values):
+                metrics[key][i] = value
+        super().log(logs, start_time)
+
+    def floating_point_ops(self, inputs) -> int:
+        """Trainer's FLOP count (6 x parameters x tokens), from the batch's token count, without a model scan."""
+        if self._parameter_count is None:
+            self._parameter_count = sum(p.numel() for p in self.model.parameters())
+        batch = inputs.get("packed")
+        return 6 * self._parameter_count * (batch.num_tokens if batch is not None else 0)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         with torch.no_grad(), self.compute_loss_context_manager():
