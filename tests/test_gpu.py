@@ -169,11 +169,13 @@ def test_flex_attention_over_packed_pairs_equals_dense_masks_on_cuda(tiny_model_
     assert (diff / norm).sqrt().item() < 1e-4
 
 
-def test_fused_dora_combine_compiles_and_matches_the_eager_one_on_cuda():
-    """Engine v2's one-kernel DoRA output (torch.compile): enabled on CUDA after its own check against the eager
-    formula, forward, backward and without gradients, in bf16 and float32."""
+def test_fused_dora_combine_compiles_and_matches_the_eager_one_on_cuda(monkeypatch):
+    """Engine v2's one-kernel DoRA output (torch.compile, opt-in): enabled on CUDA after its own check against the
+    eager formula, forward, backward and without gradients, in bf16 and float32."""
     from vlmpref.train.fast import dora
 
+    monkeypatch.setenv("VLMPREF_FUSED_DORA", "1")
+    monkeypatch.setitem(dora._compiled, "ok", None)
     assert dora.enable_fused_combine("cuda")
     scale = (torch.rand(1, 256, device="cuda") + 0.5).requires_grad_()
     base, lora = (torch.randn(1000, 256, device="cuda", dtype=torch.bfloat16).requires_grad_() for _ in range(2))

@@ -61,7 +61,7 @@ def combine(mag_norm_scale: torch.Tensor, scaling: float, base_result: torch.Ten
     return (mag_norm_scale - 1).to(dtype) * base_result + (mag_norm_scale * scaling).to(dtype) * lora_result
 
 
-# ---- one fused kernel for `combine` on a GPU
+# ---- one fused kernel for `combine` on a GPU (opt-in: VLMPREF_FUSED_DORA=1)
 # Eagerly `combine` is three passes over [tokens, features] tensors forward (two products and a sum) and more in
 # backward, in every adapted layer; it was 37% of the GPU time of a language-only step on the 2.2B model
 # (benchmarks/RESULTS.md, engine v2 profile). torch.compile fuses each direction into one kernel. Shapes are
@@ -80,7 +80,9 @@ def _combine_fn(base_result: torch.Tensor):
 def enable_fused_combine(device) -> bool:
     """Compile `combine` and check it, forward and backward, against the eager version on small inputs of both
     stream dtypes; any failure (no compiler, a Triton error) leaves the eager version in place, with a notice."""
-    if os.environ.get("VLMPREF_COMPILE", "1") == "0" or torch.device(device).type != "cuda":
+    # Off unless asked for: on the H200 its self-check against the eager formula failed at the bf16 tolerance
+    # used here (benchmarks/RESULTS.md, engine v2), and there was no device time left to find out why
+    if os.environ.get("VLMPREF_FUSED_DORA", "0") != "1" or torch.device(device).type != "cuda":
         _compiled["ok"] = False
         return False
     try:

@@ -372,6 +372,11 @@ class FastDPOTrainer(DPOTrainer):
         return (loss, None) if return_outputs else loss
 
     def training_step(self, model, inputs, num_items_in_batch=None):
+        # the attention kernel must be the same when gradient checkpointing recomputes a layer in backward
+        with forward.attention_backends(self.attention != "flex"):
+            return self._training_step(model, inputs, num_items_in_batch)
+
+    def _training_step(self, model, inputs, num_items_in_batch=None):
         batch: PackedBatch = inputs["packed"]
         if self._first_step is None:
             self._first_step = self.state.global_step
