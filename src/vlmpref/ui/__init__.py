@@ -99,8 +99,27 @@ def login(cfg: UIConfig) -> tuple[str, str] | None:
     return (cfg.user, password) if password else None
 
 
+def offline_environment() -> None:
+    """Settings that keep Gradio (and huggingface_hub under it) from reaching the network or sharing the app.
+
+    GRADIO_ANALYTICS_ENABLED=False stops Gradio's usage analytics and its version check at start,
+    HF_HUB_DISABLE_TELEMETRY=1 huggingface_hub's; the variables removed would otherwise open a public share
+    link, serve more folders, start an MCP server, or move the app to another address.
+    """
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+    os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+    for name in ("GRADIO_SHARE", "GRADIO_ALLOWED_PATHS", "GRADIO_MCP_SERVER", "GRADIO_SSR_MODE", "GRADIO_SERVER_NAME",
+                 "GRADIO_ROOT_PATH"):
+        os.environ.pop(name, None)
+
+
 def run_ui(cfg: UIConfig, block: bool = True):
     """Start the app (blocking until Ctrl-C unless `block=False`); returns the running app."""
-    from vlmpref.ui.app import launch
-
+    login(cfg)  # a refused address or login stops here, before Gradio and the models are loaded
+    try:
+        from vlmpref.ui.app import launch
+    except ImportError as exc:
+        if "gradio" not in str(exc):
+            raise
+        raise VlmprefError("The web UI needs Gradio; install it with `pip install 'vlmpref[ui]'`.") from None
     return launch(cfg, block=block)

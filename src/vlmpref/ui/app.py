@@ -19,8 +19,11 @@ import time
 from pathlib import Path
 
 from vlmpref.errors import VlmprefError
-from vlmpref.ui import UIConfig, login
+from vlmpref.ui import UIConfig, login, offline_environment
 from vlmpref.ui.folders import Folders
+
+offline_environment()  # before Gradio is imported: its analytics read the environment at import and start
+import gradio as gr  # noqa: E402
 
 CSS = """
 .answer{font-size:1.05rem;line-height:1.5;margin:.2rem 0}
@@ -31,27 +34,13 @@ table.examples{border-collapse:collapse;width:100%;font-size:.9rem}
 table.examples td,table.examples th{border-bottom:1px solid #e5e5e5;padding:.35rem .5rem;vertical-align:top;text-align:left}
 table.examples img{width:96px;height:96px;object-fit:contain;image-rendering:pixelated;border:1px solid #ddd}
 td.outcome{white-space:nowrap}.count{color:#555}
+#train-estimate-out textarea{font-family:ui-monospace,Consolas,monospace;font-size:.8rem;line-height:1.25}
+#compare-image img{width:100%;height:100%;object-fit:contain;image-rendering:pixelated}
 """
-
-
-def offline_environment() -> None:
-    """Settings that keep Gradio (and huggingface_hub under it) from reaching the network or sharing the app.
-
-    GRADIO_ANALYTICS_ENABLED=False stops its usage analytics and its version check at start; the other
-    variables are ones that would otherwise open a share tunnel, serve more folders, or start an MCP server.
-    """
-    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
-    os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
-    os.environ["DO_NOT_TRACK"] = "1"
-    for name in ("GRADIO_SHARE", "GRADIO_ALLOWED_PATHS", "GRADIO_MCP_SERVER", "GRADIO_SSR_MODE", "GRADIO_SERVER_NAME",
-                 "GRADIO_ROOT_PATH"):
-        os.environ.pop(name, None)
 
 
 def _guard(fn):
     """Show a user's mistake (VlmprefError) as a message in the page instead of a failed request."""
-    import gradio as gr
-
     if inspect.isgeneratorfunction(fn):
         @functools.wraps(fn)
         def generator(*args, **kwargs):
@@ -77,8 +66,8 @@ def _choices(folders: Folders, paths) -> list[tuple[str, str]]:
 # ---- Compare
 
 
-def _compare_tab(gr, cfg: UIConfig, folders: Folders, found):
-    from vlmpref.ui.compare import GENERATION_DEFAULTS, load_pair, marked_answer, parse_objects, run_settings, \
+def _compare_tab(cfg: UIConfig, folders: Folders, found):
+    from vlmpref.ui.compare import GENERATION_DEFAULTS, decode_upload, load_pair, marked_answer, parse_objects, run_settings, \
         stream_pair, vocabulary_for
 
     adapters = _choices(folders, found.adapters)
@@ -95,12 +84,12 @@ def _compare_tab(gr, cfg: UIConfig, folders: Folders, found):
                                  allow_custom_value=True, elem_id="compare-dataset")
             split = gr.Textbox("test", label="Split", elem_id="compare-split")
             gallery = gr.Gallery(label="Images (click one)", columns=8, height=200, allow_preview=False,
-                                 elem_id="compare-gallery")
+                                 buttons=[], elem_id="compare-gallery")
             upload = gr.File(label="... or upload an image", file_types=["image"], type="filepath",
                              elem_id="compare-upload")
         with gr.Column():
             shown = gr.Image(label="Image", type="pil", format="png", interactive=False, height=240,
-                             elem_id="compare-image")
+                             buttons=["fullscreen"], elem_id="compare-image")
             objects = gr.Textbox(label="Objects in the image (ground truth, comma-separated; empty if unknown)",
                                  elem_id="compare-objects")
             asked = gr.Dropdown([], label="Questions the data asks about this image", elem_id="compare-questions")
@@ -162,14 +151,9 @@ def _compare_tab(gr, cfg: UIConfig, folders: Folders, found):
 
     @_guard
     def uploaded(path):
-        from vlmpref.data.images import ImageProblem, load_rgb
-
         if not path:
             return gr.skip(), gr.skip(), gr.skip()
-        try:
-            image = load_rgb(Path(path).read_bytes(), max_pixels=cfg.max_image_pixels)
-        except ImageProblem as exc:
-            raise VlmprefError(f"The uploaded image cannot be used: {exc}.") from None
+        image = decode_upload(path, cfg.max_image_pixels)
         return image, image, ""
 
     @_guard
@@ -217,7 +201,7 @@ def _compare_tab(gr, cfg: UIConfig, folders: Folders, found):
 # ---- Evaluation
 
 
-def _evaluation_tab(gr, folders: Folders, found):
+def _evaluation_tab(folders: Folders, found):
     from vlmpref.ui.evals import OUTCOMES, examples_html, open_evaluation
 
     evals = _choices(folders, found.evals)
@@ -235,7 +219,8 @@ def _evaluation_tab(gr, folders: Folders, found):
         open_button = gr.Button("Open", variant="primary", elem_id="eval-open")
     notes = gr.Markdown(elem_id="eval-notes")
     table = gr.Dataframe(interactive=False, wrap=True, elem_id="eval-table")
-    plots = gr.Gallery(label="Plots", columns=2, height=360, allow_preview=True, elem_id="eval-plots")
+    plots = gr.Gallery(label="Plots", columns=2, height=360, allow_preview=True,
+                       object_fit="contain", buttons=["download", "fullscreen"], elem_id="eval-plots")
     gr.Markdown("### Examples\nGot better: the tuned answer is right where the base answer was wrong, or both are "
                 "equally right and the tuned one names fewer objects that are not in the image; got worse: the "
                 "reverse. Hallucinated: the answer names an object that is not in the image (marked).")
@@ -319,7 +304,7 @@ def _stop_jobs() -> None:
         job.wait(timeout=600)
 
 
-def _train_tab(gr, cfg: UIConfig, folders: Folders, found):
+def _train_tab(cfg: UIConfig, folders: Folders, found):
     import pandas as pd
 
     from vlmpref.config import PRESETS
@@ -381,14 +366,16 @@ def _train_tab(gr, cfg: UIConfig, folders: Folders, found):
     watch = gr.Dropdown(runs, value=None, label="Run to watch", allow_custom_value=True, elem_id="train-watch")
     status = gr.Markdown(elem_id="train-status")
     with gr.Row():
-        plots = [gr.LinePlot(pd.DataFrame({"step": [], "value": [], "series": []}), x="step", y="value",
-                             color="series", title=title, height=260, elem_id=f"train-plot-{i}")
+        # empty at first: a plot created with an empty table draws no line when points arrive (Gradio 6.31)
+        plots = [gr.LinePlot(None, x="step", y="value", color="series", title=title, height=260,
+                             buttons=["fullscreen", "export"], elem_id=f"train-plot-{i}")
                  for i, title in enumerate(("loss", "reward margin (chosen - rejected)", "reward accuracy"))]
     log = gr.Textbox(label="Output of vlmpref train", lines=10, max_lines=10, autoscroll=True, interactive=False,
                      elem_id="train-log")
     gr.Markdown("### Rows the data check set aside")
     rejected_table = gr.Dataframe(interactive=False, wrap=True, elem_id="train-rejected")
-    rejected_gallery = gr.Gallery(label="Their images", columns=8, height=200, elem_id="train-rejected-images")
+    rejected_gallery = gr.Gallery(label="Their images", columns=8, height=200, buttons=["fullscreen"],
+                                  elem_id="train-rejected-images")
     seen = gr.State(None)  # what the page shows, to skip redrawing when nothing changed
     timer = gr.Timer(1.5)
 
@@ -443,39 +430,41 @@ def _train_tab(gr, cfg: UIConfig, folders: Folders, found):
         return None
 
     def refresh(run, last):
+        """What changed in the watched run since the page last drew it (unchanged parts are skipped)."""
+        keep = [gr.skip()] * 7
         if not run:
-            return [gr.skip()] * 6 + [last]
+            return keep + [last]
         try:
             path = folders.readable(run, "run folder")
         except VlmprefError as exc:
-            return [str(exc)] + [gr.skip()] * 5 + [last]
+            return [str(exc)] + keep[1:] + [last]
+        last = last if last and last.get("run") == str(path) else {}
         job = JOBS.get(str(path))
         points = curves(path)
-        rejected = rejected_rows(path)
-        state = job.state() if job else _run_state(path)
-        shown = (str(path), tuple(len(p) for p in points.values()), len(rejected), state,
-                 job.tail() if job else None)
-        if shown == last:
-            return [gr.skip()] * 6 + [last]
+        rejected_files = [path / n for n in ("rejected_rows.jsonl", "rejected_rows_eval.jsonl")]
+        now = {"run": str(path), "state": job.state() if job else _run_state(path),
+               "curves": tuple(len(p) for p in points.values()), "log": job.tail() if job else "",
+               "rejected": tuple(f.stat().st_mtime if f.is_file() else 0 for f in rejected_files)}
+        if now == last:
+            return keep + [last]
         last_step = max((p["step"] for pts in points.values() for p in pts), default=None)
-        line = f"**{folders.show(path)}**: {state}" + (f", step {last_step}" if last_step is not None else "")
+        line = f"**{folders.show(path)}**: {now['state']}" + (f", step {last_step}" if last_step is not None else "")
         if job and not job.running and job.outcome():
             line += f"  \n{job.outcome()}"
-        frames = [pd.DataFrame(pts or {"step": [], "value": [], "series": []}) for pts in points.values()]
-        same_rejected = last is not None and last[0] == shown[0] and last[2] == shown[2]
-        return [line, *frames, job.tail() if job else "", _rejected_frame(rejected) if not same_rejected
-                else gr.skip(), shown]
+        out = [line]
+        out += [_points(pts) for pts in points.values()] if now["curves"] != last.get("curves") else keep[:3]
+        out.append(now["log"] if now["log"] != last.get("log") else gr.skip())
+        if now["rejected"] != last.get("rejected"):
+            rows = rejected_rows(path)
+            out += [_rejected_frame(rows), rejected_pictures(rows)]
+        else:
+            out += keep[:2]
+        return out + [now]
 
-    def rejected_pictures(run):
-        if not run:
-            return []
-        try:
-            path = folders.readable(run, "run folder")
-        except VlmprefError:
-            return []
+    def rejected_pictures(rows: list[dict]) -> list:
         pictures = []
-        for row in rejected_rows(path)[:24]:
-            image, why = rejected_image(folders, row, cfg.max_image_pixels)
+        for row in rows[:24]:
+            image, _ = rejected_image(folders, row, cfg.max_image_pixels)
             if image is not None:
                 pictures.append((image, f"row {row['row_id']}: {row['reason']}"))
         return pictures
@@ -484,11 +473,21 @@ def _train_tab(gr, cfg: UIConfig, folders: Folders, found):
     start.click(start_run, [gpu, *form_inputs], [estimate_out, watch, seen])
     stop.click(stop_run, watch, seen)
     resume.click(resume_run, watch, seen)
-    outputs = [status, *plots, log, rejected_table, seen]
+    outputs = [status, *plots, log, rejected_table, rejected_gallery, seen]
     timer.tick(refresh, [watch, seen], outputs)
     watch.change(refresh, [watch, gr.State(None)], outputs)
-    watch.change(rejected_pictures, watch, rejected_gallery)
     return {"model": model, "dataset": dataset, "config": config, "watch": watch}
+
+
+def _points(points: list[dict]):
+    """Curve points as the plot takes them (None while there are none)."""
+    import pandas as pd
+
+    if not points:
+        return None
+    return pd.DataFrame({"step": pd.Series([p["step"] for p in points], dtype="int64"),
+                         "value": pd.Series([p["value"] for p in points], dtype="float64"),
+                         "series": pd.Series([p["series"] for p in points], dtype="object")})
 
 
 def _run_state(path: Path) -> str:
@@ -515,8 +514,6 @@ def _rejected_frame(rows: list[dict]):
 
 def build_app(cfg: UIConfig, folders: Folders):
     """The Gradio Blocks of the three tabs (not yet listening)."""
-    import gradio as gr
-
     found = folders.search()
     with gr.Blocks(title="vlmpref", analytics_enabled=False, delete_cache=(3600, 3600)) as app:
         with gr.Row():
@@ -524,11 +521,11 @@ def build_app(cfg: UIConfig, folders: Folders):
             rescan = gr.Button("Rescan folders", size="sm", scale=0, elem_id="rescan")
         with gr.Tabs():
             with gr.Tab("Compare", id="compare"):
-                on_load, compare_parts = _compare_tab(gr, cfg, folders, found)
+                on_load, compare_parts = _compare_tab(cfg, folders, found)
             with gr.Tab("Evaluation", id="evaluation"):
-                eval_parts = _evaluation_tab(gr, folders, found)
+                eval_parts = _evaluation_tab(folders, found)
             with gr.Tab("Train", id="train"):
-                train_parts = _train_tab(gr, cfg, folders, found)
+                train_parts = _train_tab(cfg, folders, found)
         for fn, inputs, outputs in on_load:
             app.load(fn, inputs, outputs)
 
@@ -552,12 +549,7 @@ def build_app(cfg: UIConfig, folders: Folders):
 
 def launch(cfg: UIConfig, block: bool = True):
     """Check the address and login, build the app, and serve it; returns the app (once it listens)."""
-    offline_environment()
-    auth = login(cfg)  # before anything is loaded: a refused address costs nothing
-    try:
-        import gradio as gr
-    except ImportError:
-        raise VlmprefError("The web UI needs Gradio; install it with `pip install 'vlmpref[ui]'`.") from None
+    auth = login(cfg)
     from vlmpref.demo import demo_base_path
 
     if cfg.run == ["runs"] and not Path("runs").exists():

@@ -114,6 +114,16 @@ def stream_pair(pair: ModelPair, image: Image.Image, question: str, **generation
     yield texts[0].strip(), texts[1].strip()
 
 
+def decode_upload(path: str | Path, max_pixels: int) -> Image.Image:
+    """An uploaded file as an RGB image, through the same checks as dataset images (pixel limit first)."""
+    from vlmpref.data.images import ImageProblem, load_rgb
+
+    try:
+        return load_rgb(Path(path).read_bytes(), max_pixels=max_pixels)
+    except ImageProblem as exc:
+        raise VlmprefError(f"The uploaded image cannot be used: {exc}.") from None
+
+
 # ---- ground truth and hallucinated objects
 
 

@@ -167,7 +167,12 @@ class TrainJob:
 
     @classmethod
     def start(cls, argv: list[str], output_dir: str | Path) -> "TrainJob":
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        import vlmpref
+
+        # the child imports the same vlmpref as this app, wherever it is installed or checked out
+        package_root = str(Path(vlmpref.__file__).resolve().parents[1])
+        env = {**os.environ, "PYTHONUNBUFFERED": "1",
+               "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
         # A session of its own: a Ctrl-C in the UI's terminal reaches the UI, which stops the run once, cleanly
         process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    env=env, start_new_session=True)
