@@ -119,7 +119,7 @@ def app_url(workspace, connections):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    app = launch(UIConfig(run=[str(workspace["root"])], port=port), block=False)
+    app = launch(UIConfig(run=[str(workspace["root"])], port=port, max_image_pixels=1_000_000), block=False)
     yield f"http://127.0.0.1:{port}/"
     _stop_jobs()
     JOBS.clear()
@@ -170,6 +170,7 @@ def test_compare_shows_base_and_tuned_answers_side_by_side(page, workspace, scre
 
     expected = workspace["compare"]
     page.locator("#compare-gallery img").nth(expected["gallery_index"]).click()
+    page.wait_for_function("document.querySelector('#compare-objects textarea').value != ''")
     assert sorted(page.input_value("#compare-objects textarea").split(", ")) == sorted(expected["objects"])
     page.fill("#compare-question textarea", expected["question"])
     page.click("#compare-ask")
@@ -187,9 +188,9 @@ def test_compare_shows_base_and_tuned_answers_side_by_side(page, workspace, scre
     from PIL import Image
 
     bomb = tmp_path / "bomb.png"
-    Image.new("1", (8000, 8000)).save(bomb)  # 64 Mpixels in a few kB
+    Image.new("1", (2000, 1000)).save(bomb)  # 2 Mpixels in a few kB, over the app's --max-image-pixels 1,000,000
     page.set_input_files("#compare-upload input[type=file]", str(bomb))
-    page.wait_for_selector("text=over the limit of 50,000,000")
+    page.wait_for_selector("text=image has 2000x1000 pixels, over the limit of 1,000,000")
     page.screenshot(path=str(screenshots / "compare-upload-refused.png"))
 
 
