@@ -274,3 +274,41 @@ def test_training_starts_draws_curves_and_stops_cleanly(page, workspace, screens
         assert reason in rejected
     page.wait_for_function("document.querySelectorAll('#train-rejected-images img').length == 2")  # not the missing one
     page.screenshot(path=str(screenshots / "train-stopped.png"), full_page=True)
+
+
+def _step(page) -> int:
+    import re
+
+    found = re.search(r"step (\d+)", _text(page, "#train-status"))
+    return int(found.group(1)) if found else 0
+
+
+@pytest.mark.slow
+def test_resume_continues_a_stopped_run(page, workspace, screenshots):
+    """Start, stop, Resume: the run goes on from its checkpoint, and stops cleanly again."""
+    root = workspace["root"]
+    page.get_by_role("tab", name="Train").click()
+    page.locator("#train-dataset input").fill(str(root / "shapes"))
+    page.keyboard.press("Enter")
+    page.locator("#train-config input").fill(str(root / "fast.yaml"))
+    page.keyboard.press("Enter")
+    page.fill("#train-output textarea", str(root / "resumed-run"))
+    page.click("#train-start")
+    page.wait_for_function("/step [2-9]|step \\d\\d/.test(document.querySelector('#train-status').innerText)",
+                           timeout=120_000)
+    page.click("#train-stop")
+    page.wait_for_function("document.querySelector('#train-status').innerText.includes('stopped cleanly')",
+                           timeout=120_000)
+    first = json.loads((root / "resumed-run" / "train_summary.json").read_text())["steps"]
+
+    page.click("#train-resume")
+    page.wait_for_function(f"""() => {{ const m = document.querySelector('#train-status').innerText.match(/step (\\d+)/);
+                                        return m && Number(m[1]) >= {first + 2}; }}""", timeout=120_000)
+    assert "running" in _text(page, "#train-status")
+    page.click("#train-stop")
+    page.wait_for_function("document.querySelector('#train-status').innerText.includes('stopped cleanly')",
+                           timeout=120_000)
+    summary = json.loads((root / "resumed-run" / "train_summary.json").read_text())
+    assert summary["resumed_from"] == f"checkpoint-{first}" and summary["steps"] >= first + 2
+    assert summary["interrupted"] == "SIGINT" and _step(page) == summary["steps"]
+    page.screenshot(path=str(screenshots / "train-resumed.png"), full_page=True)

@@ -169,7 +169,7 @@ def _compare_tab(cfg: UIConfig, folders: Folders, found):
         adapter_dir = folders.readable(path, "adapter folder")
         yield "", "", "Loading the base and the tuned model..."
         started = time.time()
-        pair = load_pair(adapter_dir)
+        pair = load_pair(adapter_dir, check=lambda base: folders.model_or_hub(base, "base model of that run"))
         names = parse_objects(truth)
         vocabulary = vocabulary_for(names, vocab_name)
         settings = dict(max_new_tokens=int(max_tokens), do_sample=bool(sample), temperature=float(temp),

@@ -53,8 +53,11 @@ _loaded: dict[tuple, ModelPair] = {}
 _load_lock = threading.Lock()
 
 
-def load_pair(adapter_dir: str | Path, base: str | None = None, quantization: str | None = None) -> ModelPair:
-    """Base and base + adapter, loaded once and kept (one pair at a time: another run frees the last one)."""
+def load_pair(adapter_dir: str | Path, base: str | None = None, quantization: str | None = None,
+              check=None) -> ModelPair:
+    """Base and base + adapter, loaded once and kept (one pair at a time: another run frees the last one).
+
+    `check(path_or_id)` vets the base model the run names (the UI refuses one outside its folders)."""
     from vlmpref.generate import _load
     from vlmpref.generate.chat import ChatConfig
 
@@ -63,6 +66,8 @@ def load_pair(adapter_dir: str | Path, base: str | None = None, quantization: st
     if not base:
         raise VlmprefError(f"{adapter_dir} does not say which base model it was trained on (no vlmpref_config.yaml "
                            "beside it).")
+    if check is not None:
+        base = check(str(base))
     quantization = quantization or settings.get("quantization") or "none"
     key = (str(base), str(adapter_dir), quantization)
     with _load_lock:

@@ -65,6 +65,8 @@ def plan_run(folders: Folders, form: dict) -> tuple[TrainConfig, list[str]]:
     for name, what in (("model", "model"), ("dataset", "dataset"), ("eval_dataset", "held-out dataset")):
         if getattr(cfg, name):
             folders.model_or_hub(getattr(cfg, name), what)
+    if cfg.preset and cfg.preset.endswith((".yaml", ".yml")):
+        folders.readable(cfg.preset, "preset file")
     out = folders.writable(cfg.output_dir)
     if out.is_dir() and any(out.iterdir()) and not cfg.overwrite:
         resumable = (out / CONFIG_NAME).is_file()
