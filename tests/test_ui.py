@@ -9,7 +9,6 @@ import json
 import os
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -301,7 +300,8 @@ def test_train_log_reads_the_latest_line_of_each_step(tmp_path):
     assert [(h["step"], h.get("loss"), h.get("eval_loss")) for h in history] == \
         [(1, 0.69, None), (2, 0.55, None), (2, None, 0.7)]
     points = curves(tmp_path)
-    assert points["loss"] == [{"step": 1, "value": 0.69, "series": "train"}, {"step": 2, "value": 0.55, "series": "train"},
+    assert points["loss"] == [{"step": 1, "value": 0.69, "series": "train"},
+                              {"step": 2, "value": 0.55, "series": "train"},
                               {"step": 2, "value": 0.7, "series": "held-out"}]
     assert points["reward accuracy"] == []
     (tmp_path / "train_log.jsonl").unlink()

@@ -14,7 +14,6 @@ from __future__ import annotations
 import atexit
 import functools
 import inspect
-import os
 import time
 from pathlib import Path
 
@@ -31,7 +30,8 @@ mark.h{background:#ffd7d7;color:#b00020;font-weight:600;padding:0 .15rem;border-
 .hallucinated{color:#b00020;font-weight:600}.tag{font-size:.85rem;color:#666;margin:.1rem 0}
 .ok{color:#1a7f37}.no{color:#c62828}
 table.examples{border-collapse:collapse;width:100%;font-size:.9rem}
-table.examples td,table.examples th{border-bottom:1px solid #e5e5e5;padding:.35rem .5rem;vertical-align:top;text-align:left}
+table.examples td,table.examples th{border-bottom:1px solid #e5e5e5;padding:.35rem .5rem;vertical-align:top;
+text-align:left}
 table.examples img{width:96px;height:96px;object-fit:contain;image-rendering:pixelated;border:1px solid #ddd}
 td.outcome{white-space:nowrap}.count{color:#555}
 #train-estimate-out textarea{font-family:ui-monospace,Consolas,monospace;font-size:.8rem;line-height:1.25}
@@ -63,12 +63,17 @@ def _choices(folders: Folders, paths) -> list[tuple[str, str]]:
     return [(folders.show(p), str(p)) for p in paths]
 
 
+def _pair_choices(folders: Folders, found) -> list[tuple[str, str]]:
+    """Evaluations found side by side, as "before|after" values."""
+    return [(f"{folders.show(b.parent)}: {b.name} → {a.name}", f"{b}|{a}") for b, a in folders.eval_pairs(found)]
+
+
 # ---- Compare
 
 
 def _compare_tab(cfg: UIConfig, folders: Folders, found):
-    from vlmpref.ui.compare import GENERATION_DEFAULTS, decode_upload, load_pair, marked_answer, parse_objects, run_settings, \
-        stream_pair, vocabulary_for
+    from vlmpref.ui.compare import (GENERATION_DEFAULTS, decode_upload, load_pair, marked_answer, parse_objects,
+                                    run_settings, stream_pair, vocabulary_for)
 
     adapters = _choices(folders, found.adapters)
     datasets = _choices(folders, [d for d in found.datasets if d.is_dir()])
@@ -205,7 +210,7 @@ def _evaluation_tab(folders: Folders, found):
     from vlmpref.ui.evals import OUTCOMES, examples_html, open_evaluation
 
     evals = _choices(folders, found.evals)
-    pairs = [(f"{folders.show(b.parent)}: {b.name} → {a.name}", f"{b}|{a}") for b, a in folders.eval_pairs(found)]
+    pairs = _pair_choices(folders, found)
     gr.Markdown("Open an evaluation written by `vlmpref eval` (or the two of a `vlmpref compare` / `vlmpref demo`): "
                 "the before/after table with 95% intervals, the plots, and every example with both answers.")
     with gr.Row():
@@ -305,8 +310,6 @@ def _stop_jobs() -> None:
 
 
 def _train_tab(cfg: UIConfig, folders: Folders, found):
-    import pandas as pd
-
     from vlmpref.config import PRESETS
     from vlmpref.demo import demo_base_path
     from vlmpref.models.gpus import GPUS
@@ -355,8 +358,8 @@ def _train_tab(cfg: UIConfig, folders: Folders, found):
             save_steps = gr.Number(None, precision=0, label="checkpoint every N steps", elem_id="train-save-steps")
             eval_steps = gr.Number(None, precision=0, label="evaluate every N steps", elem_id="train-eval-steps")
     with gr.Row():
-        gpu = gr.Dropdown([("this machine", "")] + [(f"{k}: {g.name}, {g.memory_gib:g} GB", k) for k, g in GPUS.items()],
-                          value="", label="GPU for the estimate", elem_id="train-gpu")
+        cards = [(f"{key}: {card.name}, {card.memory_gib:g} GB", key) for key, card in GPUS.items()]
+        gpu = gr.Dropdown([("this machine", "")] + cards, value="", label="GPU for the estimate", elem_id="train-gpu")
         estimate_button = gr.Button("Estimate", elem_id="train-estimate")
         start = gr.Button("Start training", variant="primary", elem_id="train-start")
         stop = gr.Button("Stop (save a checkpoint)", variant="stop", elem_id="train-stop")
@@ -373,6 +376,7 @@ def _train_tab(cfg: UIConfig, folders: Folders, found):
     log = gr.Textbox(label="Output of vlmpref train", lines=10, max_lines=10, autoscroll=True, interactive=False,
                      elem_id="train-log")
     gr.Markdown("### Rows the data check set aside")
+    rejected_note = gr.Markdown(elem_id="train-rejected-note")
     rejected_table = gr.Dataframe(interactive=False, wrap=True, elem_id="train-rejected")
     rejected_gallery = gr.Gallery(label="Their images", columns=8, height=200, buttons=["fullscreen"],
                                   elem_id="train-rejected-images")
@@ -431,7 +435,7 @@ def _train_tab(cfg: UIConfig, folders: Folders, found):
 
     def refresh(run, last):
         """What changed in the watched run since the page last drew it (unchanged parts are skipped)."""
-        keep = [gr.skip()] * 7
+        keep = [gr.skip()] * 8
         if not run:
             return keep + [last]
         try:
@@ -456,9 +460,11 @@ def _train_tab(cfg: UIConfig, folders: Folders, found):
         out.append(now["log"] if now["log"] != last.get("log") else gr.skip())
         if now["rejected"] != last.get("rejected"):
             rows = rejected_rows(path)
-            out += [_rejected_frame(rows), rejected_pictures(rows)]
+            note = (f"{len(rows)} row(s) set aside (in rejected_rows.jsonl), each with its reason; their images "
+                    "below where they can be decoded." if rows else "None set aside (yet).")
+            out += [note, _rejected_frame(rows), rejected_pictures(rows)]
         else:
-            out += keep[:2]
+            out += keep[:3]
         return out + [now]
 
     def rejected_pictures(rows: list[dict]) -> list:
@@ -473,7 +479,7 @@ def _train_tab(cfg: UIConfig, folders: Folders, found):
     start.click(start_run, [gpu, *form_inputs], [estimate_out, watch, seen])
     stop.click(stop_run, watch, seen)
     resume.click(resume_run, watch, seen)
-    outputs = [status, *plots, log, rejected_table, rejected_gallery, seen]
+    outputs = [status, *plots, log, rejected_note, rejected_table, rejected_gallery, seen]
     timer.tick(refresh, [watch, seen], outputs)
     watch.change(refresh, [watch, gr.State(None)], outputs)
     return {"model": model, "dataset": dataset, "config": config, "watch": watch}
@@ -531,7 +537,7 @@ def build_app(cfg: UIConfig, folders: Folders):
 
         def rescan_folders():
             now = folders.search()
-            pairs = [(f"{folders.show(b.parent)}: {b.name} → {a.name}", f"{b}|{a}") for b, a in folders.eval_pairs(now)]
+            pairs = _pair_choices(folders, now)
             evals = _choices(folders, now.evals)
             return (gr.update(choices=_choices(folders, now.adapters)),
                     gr.update(choices=_choices(folders, [d for d in now.datasets if d.is_dir()])),

@@ -154,7 +154,8 @@ def _answer(sample: dict | None) -> str:
     if sample is None:
         return "<td>-</td>"
     mark = '<span class="ok">✓</span>' if sample.get("correct") else '<span class="no">✗</span>'
-    text = highlight(sample["generated"], sample.get("hallucinated_spans")) if sample.get("generated") else "<i>(empty)</i>"
+    text = (highlight(sample["generated"], sample.get("hallucinated_spans")) if sample.get("generated")
+            else "<i>(empty)</i>")
     extra = ""
     if sample.get("hallucinated"):
         extra = f'<br><span class="tag">not in the image: {html.escape(", ".join(sample["hallucinated"]))}</span>'
@@ -176,8 +177,9 @@ def examples_html(examples: list[Example], folders: list[Path], page: int = 1, p
         picture = f'<img src="{uri}" alt="image of row {s["row_id"]}">' if uri else ""
         objects = (f'<br><span class="tag">objects: {html.escape(", ".join(s["objects"]))}</span>'
                    if s.get("objects") is not None else "")
-        question = (f'<td><b>{html.escape(s["question"])}</b><br><span class="tag">{html.escape(s.get("question_type") or "")}'
-                    f' · row {s["row_id"]}</span><br>reference: {html.escape(s.get("chosen") or "")}{objects}</td>')
+        kind = html.escape(s.get("question_type") or "")
+        question = (f'<td><b>{html.escape(s["question"])}</b><br><span class="tag">{kind} · row {s["row_id"]}</span>'
+                    f'<br>reference: {html.escape(s.get("chosen") or "")}{objects}</td>')
         cells = _answer(e.before) + (_answer(e.after) + f'<td class="outcome">{e.outcome}</td>' if two else "")
         lines.append(f'<tr class="example" data-outcome="{e.outcome}"><td>{picture}</td>{question}{cells}</tr>')
     lines.append("</tbody></table>")

@@ -271,7 +271,7 @@ def rejected_image(folders: Folders, row: dict, max_pixels: int):
     """The image of a set-aside row, decoded with the datasets' limits, or the reason it cannot be shown."""
     from vlmpref.data.images import ImageProblem, load_rgb
     from vlmpref.data.normalize import _undecoded, find_columns
-    from vlmpref.data.sources import base_folder, load_raw
+    from vlmpref.data.sources import base_folder
 
     source = str(row.get("source", ""))
     try:
