@@ -201,6 +201,10 @@ def test_streamed_answers_equal_the_generate_answers(tiny_model_dir, shapes_rows
                           attach_adapter(load_model(str(tiny_model_dir), quantization="none"), str(run)))]
     assert list(steps[-1]) == expected and expected[0] != expected[1]
     assert len(steps) > 2 and all(len(a) <= len(b) for a, b in zip(steps[-2], steps[-1]))  # it grew
+    # sampled answers come one after the other, each from the seed: the same seed gives the same answers
+    sampled = [list(stream_pair(pair, image, question, seed=7, max_new_tokens=12, do_sample=True, temperature=1.5))[-1]
+               for _ in range(2)]
+    assert sampled[0] == sampled[1] and sampled[0] != steps[-1]
 
 
 # ---- training from the page

@@ -198,7 +198,7 @@ def test_compare_shows_base_and_tuned_answers_side_by_side(page, workspace, scre
     page.wait_for_function("document.querySelector('#compare-status').innerText.includes('Done')")
     base, tuned = (page.inner_text(f"#answer-{side} p.answer").strip() for side in ("base", "tuned"))
     assert (base, tuned) == (expected["base"], expected["tuned"]) and base != tuned
-    assert "both with greedy, at most 64 new tokens" in _text(page, "#compare-status")
+    assert "both with greedy, at the same time, at most 64 new tokens" in _text(page, "#compare-status")
     vocab = load_vocabulary("shapes")  # the objects named that the image does not hold are marked
     for side, answer in (("base", base), ("tuned", tuned)):
         wrong = chair_answer(answer, set(expected["objects"]), vocab)["hallucinated_spans"]

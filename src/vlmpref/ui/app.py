@@ -75,7 +75,8 @@ def _compare_tab(cfg: UIConfig, folders: Folders, found):
     from vlmpref.ui.compare import (GENERATION_DEFAULTS, decode_upload, load_pair, marked_answer, parse_objects,
                                     run_settings, stream_pair, vocabulary_for)
 
-    adapters = _choices(folders, found.adapters)
+    # finished runs first, their checkpoints after
+    adapters = _choices(folders, sorted(found.adapters, key=lambda p: (p.name.startswith("checkpoint-"), str(p))))
     datasets = _choices(folders, [d for d in found.datasets if d.is_dir()])
     gr.Markdown("Ask the base model and the tuned model (base + adapter) the same question about the same image, "
                 "with the same generation settings. When the image's objects are known, objects an answer names "
@@ -163,8 +164,6 @@ def _compare_tab(cfg: UIConfig, folders: Folders, found):
 
     @_guard
     def answer(path, image, text, truth, vocab_name, max_tokens, sample, temp, nucleus, seed_value):
-        import torch
-
         if not path:
             raise VlmprefError("No tuned model chosen; pick an adapter folder.")
         if image is None:
@@ -179,12 +178,12 @@ def _compare_tab(cfg: UIConfig, folders: Folders, found):
         vocabulary = vocabulary_for(names, vocab_name)
         settings = dict(max_new_tokens=int(max_tokens), do_sample=bool(sample), temperature=float(temp),
                         top_p=float(nucleus))
-        torch.manual_seed(int(seed_value or 0))
         base_text = tuned_text = ""
-        for base_text, tuned_text in stream_pair(pair, image, text.strip(), **settings):
+        for base_text, tuned_text in stream_pair(pair, image, text.strip(), seed=int(seed_value or 0), **settings):
             yield (marked_answer(base_text, names, vocabulary), marked_answer(tuned_text, names, vocabulary),
                    "Answering...")
-        how = "greedy" if not sample else f"sampling, temperature {temp:g}, top p {nucleus:g}, seed {int(seed_value)}"
+        how = ("greedy, at the same time" if not sample else
+               f"sampling, temperature {temp:g}, top p {nucleus:g}, seed {int(seed_value or 0)}, one after the other")
         known = "" if names else " No ground truth for this image, so nothing is marked."
         yield (marked_answer(base_text, names, vocabulary), marked_answer(tuned_text, names, vocabulary),
                f"Done in {time.time() - started:.1f} s; both with {how}, at most {int(max_tokens)} new tokens."

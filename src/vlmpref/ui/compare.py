@@ -85,8 +85,14 @@ def load_pair(adapter_dir: str | Path, base: str | None = None, quantization: st
         return _loaded[key]
 
 
-def stream_pair(pair: ModelPair, image: Image.Image, question: str, **generation) -> Iterator[tuple[str, str]]:
-    """Both answers to `question` about `image` as they grow, generated at the same time with the same settings."""
+def stream_pair(pair: ModelPair, image: Image.Image, question: str, seed: int = 0,
+                **generation) -> Iterator[tuple[str, str]]:
+    """Both answers to `question` about `image` as they grow, with the same settings.
+
+    Greedy answers are generated at the same time. Sampled ones one after the other, each from `seed`, since
+    two models sampling at once would share (and interleave) one random stream."""
+    import torch
+
     from vlmpref.generate.chat import ChatSession
 
     settings = {**GENERATION_DEFAULTS, **generation}
@@ -95,6 +101,8 @@ def stream_pair(pair: ModelPair, image: Image.Image, question: str, **generation
 
     def answer(side: int, model_and_processor: tuple) -> None:
         try:
+            if settings["do_sample"]:
+                torch.manual_seed(seed)
             session = ChatSession(*model_and_processor, [image], **settings)
             for piece in session.ask(question):
                 pieces.put((side, piece))
@@ -104,13 +112,16 @@ def stream_pair(pair: ModelPair, image: Image.Image, question: str, **generation
             pieces.put((side, None))
 
     workers = [threading.Thread(target=answer, args=(i, m), daemon=True) for i, m in enumerate((pair.base, pair.tuned))]
-    for worker in workers:
+    together = not settings["do_sample"]
+    for worker in workers if together else workers[:1]:
         worker.start()
     running = len(workers)
     while running:
         side, piece = pieces.get()
         if piece is None:
             running -= 1
+            if not together and side == 0:
+                workers[1].start()
             continue
         if isinstance(piece, Exception):
             raise piece
