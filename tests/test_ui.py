@@ -9,6 +9,7 @@ import json
 import os
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -344,3 +345,31 @@ def test_evaluation_view_filters_and_pages(eval_pair):
     assert page.count("data:image/png;base64,") == 4  # each example with its image
     alone = open_evaluation(eval_pair[0])
     assert alone.headers() == ["metric", "value [95% interval]", "n"] and alone.table()[0][0] == "answer accuracy"
+
+
+def test_nothing_below_the_ui_imports_it():
+    """The UI sits on top of the pipeline, beside the CLI: no stage imports it."""
+    import ast
+
+    import vlmpref
+
+    package = Path(vlmpref.__file__).parent
+    importers = []
+    for path in package.rglob("*.py"):
+        if path.is_relative_to(package / "ui") or path.name == "cli.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            if any(n == "vlmpref.ui" or n.startswith("vlmpref.ui.") for n in names):
+                importers.append(path.name)
+    assert importers == []
+
+
+def test_missing_gradio_is_a_clear_error(monkeypatch):
+    from vlmpref.ui import run_ui
+
+    monkeypatch.setitem(sys.modules, "gradio", None)  # as if not installed
+    monkeypatch.delitem(sys.modules, "vlmpref.ui.app", raising=False)
+    with pytest.raises(VlmprefError, match=r"The web UI needs Gradio; install it with `pip install 'vlmpref\[ui\]'`"):
+        run_ui(UIConfig(), block=False)

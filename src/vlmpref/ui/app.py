@@ -392,7 +392,7 @@ def _train_tab(cfg: UIConfig, folders: Folders, found):
     def estimate_for(train_cfg, gpu_name) -> str:
         try:
             text, fits = estimate_text(train_cfg, gpu_name or None)
-        except VlmprefError as exc:
+        except (VlmprefError, OSError, ValueError) as exc:  # advice only: a model whose config cannot be read
             return f"The estimate is not available: {exc}"
         verdict = {True: "FITS the GPU. ", False: "DOES NOT FIT the GPU. ", None: ""}[fits]
         return verdict + text
