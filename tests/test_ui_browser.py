@@ -205,6 +205,20 @@ def test_compare_shows_base_and_tuned_answers_side_by_side(page, workspace, scre
         assert page.locator(f"#answer-{side} mark.h").count() == len(wrong)
     page.screenshot(path=str(screenshots / "compare.png"), full_page=True)
 
+    # ground truth typed by the user counts too: with only the first object said to be there, every other
+    # object an answer names is marked
+    truth = {expected["objects"][0]}
+    page.fill("#compare-objects textarea", expected["objects"][0])
+    marks = {side: len(chair_answer(answer, truth, vocab)["hallucinated_spans"])
+             for side, answer in (("base", base), ("tuned", tuned))}
+    assert sum(marks.values()) > 0
+    page.click("#compare-ask")
+    page.wait_for_function("m => document.querySelectorAll('#answer-base mark.h').length == m.base && "
+                           "document.querySelectorAll('#answer-tuned mark.h').length == m.tuned && "
+                           "document.querySelector('#compare-status').innerText.includes('Done')", arg=marks)
+    assert [page.inner_text(f"#answer-{side} p.answer").strip() for side in ("base", "tuned")] == [base, tuned]
+    page.screenshot(path=str(screenshots / "compare-marked.png"), full_page=True)
+
     # an upload goes through the datasets' decoding limits: a decompression bomb is refused
     from PIL import Image
 
