@@ -370,6 +370,7 @@ def test_missing_gradio_is_a_clear_error(monkeypatch):
     from vlmpref.ui import run_ui
 
     monkeypatch.setitem(sys.modules, "gradio", None)  # as if not installed
-    monkeypatch.delitem(sys.modules, "vlmpref.ui.app", raising=False)
+    for module in ("vlmpref.ui.app", "vlmpref.ui.widgets", "vlmpref.ui.train_tab"):
+        monkeypatch.delitem(sys.modules, module, raising=False)
     with pytest.raises(VlmprefError, match=r"The web UI needs Gradio; install it with `pip install 'vlmpref\[ui\]'`"):
         run_ui(UIConfig(), block=False)

@@ -115,14 +115,15 @@ def connections():
 @pytest.fixture(scope="module")
 def app_url(workspace, connections):
     from vlmpref.ui import UIConfig
-    from vlmpref.ui.app import JOBS, _stop_jobs, launch
+    from vlmpref.ui.app import launch
+    from vlmpref.ui.train_tab import JOBS, stop_jobs
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     app = launch(UIConfig(run=[str(workspace["root"])], port=port, max_image_pixels=1_000_000), block=False)
     yield f"http://127.0.0.1:{port}/"
-    _stop_jobs()
+    stop_jobs()
     JOBS.clear()
     app.close()
     assert connections and all(address in LOCAL for address in connections), connections
