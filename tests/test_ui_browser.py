@@ -232,6 +232,7 @@ def test_compare_shows_base_and_tuned_answers_side_by_side(page, workspace, scre
 
 def test_evaluation_browser_filters_examples(page, workspace, screenshots):
     from vlmpref.eval.evaluate import read_eval
+    from vlmpref.report.compare import metric_specs
 
     before = read_eval(workspace["root"] / "evals" / "eval_before")
     after = read_eval(workspace["root"] / "evals" / "eval_after")
@@ -246,7 +247,8 @@ def test_evaluation_browser_filters_examples(page, workspace, screenshots):
     page.click("#eval-open")
     page.wait_for_selector("#eval-examples table.examples")
     table = _text(page, "#eval-table")
-    assert "answer accuracy" in table and "hallucination (CHAIR-sentence)" in table
+    labels = {spec.path: spec.label.strip() for spec in metric_specs(before.metrics, after.metrics)}
+    assert labels["answer_accuracy"] in table and labels["chair_sentence"] in table
     accuracy = after.metrics["answer_accuracy"]
     assert f"{100 * accuracy['value']:.1f}% [{100 * accuracy['ci95'][0]:.1f}, {100 * accuracy['ci95'][1]:.1f}]" in table
     assert page.locator("#eval-plots img").count() >= 1  # the before/after bars
