@@ -101,3 +101,10 @@ def eval_pair(tmp_path_factory, shapes_rows):
                 "dataset": {"source": "shapes", "split": "test", "rows": n, "set_aside": 0}}
         folders.append(write_eval(result, root / name, rows=rows, info=info))
     return tuple(folders)
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    """Say where the browser tests left their screenshots (kept as test artefacts)."""
+    folder = getattr(config, "vlmpref_screenshots", None)
+    if folder is not None:
+        terminalreporter.write_line(f"UI screenshots: {folder}")

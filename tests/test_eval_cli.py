@@ -70,7 +70,7 @@ def test_training_logs_heldout_metrics_then_compare_evaluates_the_adapter(tiny_m
 
 
 @pytest.mark.slow
-def test_demo_ends_with_the_report_and_an_ablation(tiny_model_dir, tmp_path):
+def test_demo_ends_with_the_report_and_an_ablation(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--model", str(tiny_model_dir), "--quantization", "none", "--train-scenes", "4",
                  "--test-scenes", "2", "--max-steps", "1", "--per-device-train-batch-size", "4", "--ablation",
@@ -82,3 +82,4 @@ def test_demo_ends_with_the_report_and_an_ablation(tiny_model_dir, tmp_path):
     assert ablation["variants"]["DPO + SFT"]["eval"] == str(out / "eval_after")  # the demo's own run, reused
     assert ablation["variants"]["SFT only"]["loss_type"] == ["sft"]
     assert (out / "ablation" / "sft_only" / "eval" / "metrics.json").is_file()
+    assert f"in the web UI: vlmpref ui --run {out}" in capsys.readouterr().out

@@ -92,6 +92,10 @@ def test_output_folder_holds_adapter_processor_config_and_logs(tiny_model_dir, s
     assert any(out.glob("checkpoint-*/adapter_model.safetensors"))
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["steps"] == 2 and summary["rows_used"] == 16 and summary["rows_set_aside"] == 0
+    # every log also went to train_log.jsonl as it was written: the same lines as the summary's history
+    logged = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged] == [1, 2, 2]  # two training logs, then the end-of-run line
+    assert [r["loss"] for r in logged[:2]] == [h["loss"] for h in summary["log_history"][:2]]
 
 
 def test_llava_family_trains_too(tiny_llava_dir, shapes_dir, tmp_path):

@@ -12,6 +12,7 @@
     vlmpref estimate --model HuggingFaceTB/SmolVLM-Instruct --gpu rtx-4070
     vlmpref merge --adapter runs/dpo --output-dir runs/dpo-merged
     vlmpref chat --model runs/tiny --adapter runs/dpo --image photo.png
+    vlmpref ui --run runs/demo
 
 Each sub-command's options come from its config dataclass; `--config FILE.yaml` supplies them from YAML
 and flags override the file. User errors print one line and exit with status 2.
@@ -154,6 +155,12 @@ def _cmd_chat(cfg):
     run_chat(cfg)
 
 
+def _cmd_ui(cfg):
+    from vlmpref.ui import run_ui
+
+    run_ui(cfg)
+
+
 @dataclass
 class Command:
     config: Callable[[], type]  # imported lazily so `vlmpref --help` stays quick
@@ -197,6 +204,8 @@ COMMANDS: dict[str, Command] = {
                      "Merge an adapter into its base and write a plain transformers checkpoint."),
     "chat": Command(_cls("vlmpref.generate.chat", "ChatConfig"), _cmd_chat,
                     "Chat about images in the terminal with a model and an optional adapter, streaming answers."),
+    "ui": Command(_cls("vlmpref.ui", "UIConfig"), _cmd_ui,
+                  "Local web app: base vs tuned side by side, the evaluation to browse, training to launch and watch."),
 }
 
 

@@ -68,6 +68,11 @@ class DemoConfig:
         "help": "Also train SFT only, DPO only and DPO + SFT on the same budget and tabulate them (3x the time)."})
 
 
+def ui_command(out: Path) -> str:
+    """The command that opens `vlmpref ui` on a demo's folder (the UI needs the `ui` extra)."""
+    return f"vlmpref ui --run {out}  (pip install 'vlmpref[ui]' first)"
+
+
 def train_config(cfg: DemoConfig, base: str, data_dir: Path, out: Path) -> TrainConfig:
     return TrainConfig(
         model=base, dataset=str(data_dir), split="train", output_dir=str(out / "adapter"), overwrite=True,
@@ -144,6 +149,8 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> dict:
     (out / "demo_summary.md").write_text(f"# vlmpref demo\n\n{markdown_rows(rows, headline_only=True)}\n"
                                          f"\nTotal time {seconds:.0f} s. Report: report/report.html\n")
     console.print(f"Demo finished in {seconds:.0f} s; outputs in {out}")
+    console.print(f"See base and tuned answer side by side, browse the evaluation, or train again in the web UI: "
+                  f"{ui_command(out)}", soft_wrap=True)
 
     # ---- ablation (optional, after the timed demo): the same budget with each objective
     if cfg.ablation:

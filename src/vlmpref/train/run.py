@@ -34,9 +34,10 @@ from vlmpref.train.guards import NonFiniteLoss, StopOnSignal, stop_on_signals
 from vlmpref.train.lengths import apply_length_policy
 from vlmpref.train.memory import check_memory, out_of_memory_error
 from vlmpref.train.resume import check_resumable, resume_line
+from vlmpref.train.train_log import TRAIN_LOG, JsonlLog
 
 # What a run writes besides the adapter and processor; --overwrite removes them so nothing mixes with the new run
-RUN_FILES = ("train_summary.json", "rejected_rows.jsonl", "rejected_rows_eval.jsonl", "eval_log.jsonl")
+RUN_FILES = ("train_summary.json", "rejected_rows.jsonl", "rejected_rows_eval.jsonl", "eval_log.jsonl", TRAIN_LOG)
 
 
 @dataclass
@@ -143,6 +144,7 @@ def train(cfg: TrainConfig, callbacks=None) -> TrainResult:
                                eval_data.dataset if eval_data else None, bf16=bf16, callbacks=callbacks)
         with stop_on_signals() as stop:
             trainer.add_callback(StopOnSignal(stop))
+            trainer.add_callback(JsonlLog(out / TRAIN_LOG))  # read live by `vlmpref ui`, whatever --report-to says
             trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     except torch.cuda.OutOfMemoryError:
         step = trainer.state.global_step + 1 if trainer is not None else 0
