@@ -7,6 +7,8 @@ import os
 
 import pytest
 
+import vlmpref  # noqa: F401  # first: lets a CPU torch import PyPI's torchvision (vlmpref/_torchvision.py)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
