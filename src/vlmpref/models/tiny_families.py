@@ -112,6 +112,81 @@ def _torchvision_needed(family: str) -> None:
                            "`pip install torchvision==0.28.0` (the version that pairs with torch 2.13).")
 
 
+# ---- processors: the family's classes at given image settings (tiny models and replicas share them)
+
+QWEN_PROCESSORS = {"qwen2_vl": ("Qwen2-VL", Qwen2VLProcessor, QWEN2_VL_TEMPLATE),
+                   "qwen2_5_vl": ("Qwen2.5-VL", Qwen2_5_VLProcessor, QWEN2_VL_TEMPLATE),
+                   "qwen3_vl": ("Qwen3-VL", Qwen3VLProcessor, QWEN3_VL_TEMPLATE)}
+
+
+def family_tokenizer(model_type: str, vocab_size: int = 1024):
+    """vlmpref's small BPE tokenizer with the family's special tokens and chat template."""
+    from vlmpref.models.tiny import train_tokenizer
+
+    if model_type in QWEN_PROCESSORS:
+        return train_tokenizer(vocab_size, QWEN_TOKENS, QWEN_PROCESSORS[model_type][2], eos="<|im_end|>",
+                               pad="<|endoftext|>")
+    if model_type == "gemma3":
+        return train_tokenizer(vocab_size, GEMMA3_TOKENS, GEMMA3_TEMPLATE, bos="<bos>", eos="<end_of_turn>",
+                               pad="<pad>", extra_special_tokens={"boi_token": "<start_of_image>",
+                                                                  "eoi_token": "<end_of_image>",
+                                                                  "image_token": "<image_soft_token>"})
+    return train_tokenizer(vocab_size, INTERNVL_TOKENS, INTERNVL_TEMPLATE, eos="<|im_end|>", pad="<|endoftext|>",
+                           extra_special_tokens={"start_image_token": "<img>", "end_image_token": "</img>",
+                                                 "context_image_token": "<IMG_CONTEXT>", "video_token": "<video>"})
+
+
+def qwen_processor(model_type: str, patch_size: int, min_pixels: int, max_pixels: int, vocab_size: int = 1024):
+    """Dynamic resolution: an image keeps its aspect within [min_pixels, max_pixels] and becomes (H / patch) x
+    (W / patch) patches, merged 2 x 2 into language-model tokens."""
+    name, processor_class, template = QWEN_PROCESSORS[model_type]
+    _torchvision_needed(name)
+    if model_type == "qwen3_vl":
+        from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor as Video
+    else:
+        from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor as Video
+    tokenizer = family_tokenizer(model_type, vocab_size)
+    image = Qwen2VLImageProcessorPil(patch_size=patch_size, merge_size=2, temporal_patch_size=2,
+                                     min_pixels=min_pixels, max_pixels=max_pixels)
+    video = Video(patch_size=patch_size, merge_size=2, temporal_patch_size=2)
+    return processor_class(image_processor=image, tokenizer=tokenizer, video_processor=video, chat_template=template)
+
+
+def qwen_token_ids(tokenizer) -> dict:
+    ids = tokenizer.convert_tokens_to_ids
+    return dict(image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
+                vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"))
+
+
+def gemma3_processor(image_size: int, tokens_per_image: int, vocab_size: int = 1024) -> Gemma3Processor:
+    tokenizer = family_tokenizer("gemma3", vocab_size)
+    image_processor = Gemma3ImageProcessorPil(size={"height": image_size, "width": image_size})
+    return Gemma3Processor(image_processor=image_processor, tokenizer=tokenizer, chat_template=GEMMA3_TEMPLATE,
+                           image_seq_length=tokens_per_image)
+
+
+def gemma3_token_ids(tokenizer) -> dict:
+    ids = tokenizer.convert_tokens_to_ids
+    return dict(boi_token_index=ids("<start_of_image>"), eoi_token_index=ids("<end_of_image>"),
+                image_token_index=ids("<image_soft_token>"))
+
+
+def internvl_processor(tile: int, max_tiles: int, tokens_per_tile: int, vocab_size: int = 1024) -> InternVLProcessor:
+    """Tiles of `tile` pixels in the grid closest to the image's aspect, up to `max_tiles`, plus a thumbnail."""
+    _torchvision_needed("InternVL")
+    from transformers.models.internvl.video_processing_internvl import InternVLVideoProcessor
+
+    tokenizer = family_tokenizer("internvl", vocab_size)
+    image_processor = GotOcr2ImageProcessorPil(size={"height": tile, "width": tile}, crop_to_patches=True,
+                                               min_patches=1, max_patches=max_tiles)
+    video = InternVLVideoProcessor(size={"height": tile, "width": tile})
+    return InternVLProcessor(image_processor=image_processor, tokenizer=tokenizer, video_processor=video,
+                             image_seq_length=tokens_per_tile, chat_template=INTERNVL_TEMPLATE)
+
+
+# ---- tiny models
+
+
 def _text(cfg, tokenizer, **extra) -> dict:
     return dict(hidden_size=cfg.text_hidden_size, intermediate_size=2 * cfg.text_hidden_size,
                 num_hidden_layers=cfg.text_layers, num_attention_heads=cfg.text_heads,
@@ -127,51 +202,27 @@ def _mrope_section(cfg) -> list[int]:
     return [half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8]
 
 
-def _qwen_image_processor(cfg) -> Qwen2VLImageProcessorPil:
-    # dynamic resolution: an image keeps its aspect and becomes (H/patch) x (W/patch) patches, merged 2 x 2
-    factor = cfg.patch_size * 2
-    return Qwen2VLImageProcessorPil(patch_size=cfg.patch_size, merge_size=2, temporal_patch_size=2,
-                                    min_pixels=factor * factor, max_pixels=cfg.image_size * cfg.image_size)
-
-
-def _qwen_tokenizer(cfg, template: str):
-    from vlmpref.models.tiny import train_tokenizer
-
-    return train_tokenizer(cfg.vocab_size, QWEN_TOKENS, template, eos="<|im_end|>", pad="<|endoftext|>")
-
-
-def _qwen_ids(tokenizer) -> dict:
-    ids = tokenizer.convert_tokens_to_ids
-    return dict(image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
-                vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"))
+def _tiny_qwen_processor(cfg, model_type: str):
+    factor = cfg.patch_size * 2  # an image at most image_size^2 pixels, at least one merged token
+    return qwen_processor(model_type, cfg.patch_size, factor * factor, cfg.image_size * cfg.image_size, cfg.vocab_size)
 
 
 def qwen2_vl(cfg):
-    _torchvision_needed("Qwen2-VL")
-    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
-
-    tokenizer = _qwen_tokenizer(cfg, QWEN2_VL_TEMPLATE)
-    video = Qwen2VLVideoProcessor(patch_size=cfg.patch_size, merge_size=2, temporal_patch_size=2)
-    processor = Qwen2VLProcessor(image_processor=_qwen_image_processor(cfg), tokenizer=tokenizer,
-                                 video_processor=video, chat_template=QWEN2_VL_TEMPLATE)
+    processor = _tiny_qwen_processor(cfg, "qwen2_vl")
+    tokenizer = processor.tokenizer
     config = Qwen2VLConfig(
         vision_config=dict(depth=cfg.vision_layers, embed_dim=cfg.vision_hidden_size, hidden_size=cfg.text_hidden_size,
                            mlp_ratio=2, num_heads=2, patch_size=cfg.patch_size, spatial_merge_size=2,
                            temporal_patch_size=2),
         text_config=_text(cfg, tokenizer, rope_parameters={"rope_type": "default", "rope_theta": 1e6,
                                                           "mrope_section": _mrope_section(cfg)}),
-        **_qwen_ids(tokenizer))
+        **qwen_token_ids(tokenizer))
     return config, processor
 
 
 def qwen2_5_vl(cfg):
-    _torchvision_needed("Qwen2.5-VL")
-    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
-
-    tokenizer = _qwen_tokenizer(cfg, QWEN2_VL_TEMPLATE)
-    video = Qwen2VLVideoProcessor(patch_size=cfg.patch_size, merge_size=2, temporal_patch_size=2)
-    processor = Qwen2_5_VLProcessor(image_processor=_qwen_image_processor(cfg), tokenizer=tokenizer,
-                                    video_processor=video, chat_template=QWEN2_VL_TEMPLATE)
+    processor = _tiny_qwen_processor(cfg, "qwen2_5_vl")
+    tokenizer = processor.tokenizer
     # window attention in the vision tower, with full attention in the last block (as 3B's 7/15/23/31)
     config = Qwen2_5_VLConfig(
         vision_config=dict(depth=cfg.vision_layers, hidden_size=cfg.vision_hidden_size,
@@ -181,18 +232,13 @@ def qwen2_5_vl(cfg):
                            fullatt_block_indexes=[cfg.vision_layers - 1]),
         text_config=_text(cfg, tokenizer, rope_parameters={"rope_type": "default", "rope_theta": 1e6,
                                                           "mrope_section": _mrope_section(cfg)}),
-        **_qwen_ids(tokenizer))
+        **qwen_token_ids(tokenizer))
     return config, processor
 
 
 def qwen3_vl(cfg):
-    _torchvision_needed("Qwen3-VL")
-    from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
-
-    tokenizer = _qwen_tokenizer(cfg, QWEN3_VL_TEMPLATE)
-    video = Qwen3VLVideoProcessor(patch_size=cfg.patch_size, merge_size=2, temporal_patch_size=2)
-    processor = Qwen3VLProcessor(image_processor=_qwen_image_processor(cfg), tokenizer=tokenizer,
-                                 video_processor=video, chat_template=QWEN3_VL_TEMPLATE)
+    processor = _tiny_qwen_processor(cfg, "qwen3_vl")
+    tokenizer = processor.tokenizer
     side = cfg.image_size // cfg.patch_size
     # deepstack: features of the first vision blocks are added to the first decoder layers' image positions
     config = Qwen3VLConfig(
@@ -204,23 +250,15 @@ def qwen3_vl(cfg):
         text_config=_text(cfg, tokenizer, head_dim=cfg.text_hidden_size // cfg.text_heads,
                           rope_parameters={"rope_type": "default", "rope_theta": 5e6, "mrope_interleaved": True,
                                            "mrope_section": _mrope_section(cfg)}),
-        **_qwen_ids(tokenizer))
+        **qwen_token_ids(tokenizer))
     return config, processor
 
 
 def gemma3(cfg):
-    from vlmpref.models.tiny import train_tokenizer
-
-    tokenizer = train_tokenizer(cfg.vocab_size, GEMMA3_TOKENS, GEMMA3_TEMPLATE, bos="<bos>", eos="<end_of_turn>",
-                                pad="<pad>", extra_special_tokens={"boi_token": "<start_of_image>",
-                                                                   "eoi_token": "<end_of_image>",
-                                                                   "image_token": "<image_soft_token>"})
     patches_per_side = cfg.image_size // cfg.patch_size
     tokens_per_image = (patches_per_side // 2) ** 2  # average-pooled 2 x 2 (4 x 4 on the real 896 px, 14 px patches)
-    image_processor = Gemma3ImageProcessorPil(size={"height": cfg.image_size, "width": cfg.image_size})
-    processor = Gemma3Processor(image_processor=image_processor, tokenizer=tokenizer, chat_template=GEMMA3_TEMPLATE,
-                                image_seq_length=tokens_per_image)
-    ids = tokenizer.convert_tokens_to_ids
+    processor = gemma3_processor(cfg.image_size, tokens_per_image, cfg.vocab_size)
+    tokenizer = processor.tokenizer
     head_dim = cfg.text_hidden_size // cfg.text_heads
     # sliding-window and global layers alternate (5 : 1 on the real models); a window shorter than a prompt, so that
     # it cuts into the image tokens
@@ -234,30 +272,17 @@ def gemma3(cfg):
                           layer_types=layer_types,
                           rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 1e6},
                                            "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}),
-        mm_tokens_per_image=tokens_per_image, boi_token_index=ids("<start_of_image>"),
-        eoi_token_index=ids("<end_of_image>"), image_token_index=ids("<image_soft_token>"))
+        mm_tokens_per_image=tokens_per_image, **gemma3_token_ids(tokenizer))
     return config, processor
 
 
 def internvl(cfg):
-    _torchvision_needed("InternVL")
-    from transformers.models.internvl.video_processing_internvl import InternVLVideoProcessor
-
-    from vlmpref.models.tiny import train_tokenizer
-
-    tokenizer = train_tokenizer(cfg.vocab_size, INTERNVL_TOKENS, INTERNVL_TEMPLATE, eos="<|im_end|>",
-                                pad="<|endoftext|>",
-                                extra_special_tokens={"start_image_token": "<img>", "end_image_token": "</img>",
-                                                      "context_image_token": "<IMG_CONTEXT>", "video_token": "<video>"})
     # tiles of half the image side: a 64 x 64 image becomes 2 x 2 tiles plus a thumbnail (448 px tiles, up to 12,
     # on InternVL3); each tile is (tile / patch)^2 patches, pixel-shuffled by 0.5 into a quarter as many tokens
     tile = cfg.image_size // 2
     tokens_per_tile = (tile // cfg.patch_size) ** 2 // 4
-    image_processor = GotOcr2ImageProcessorPil(size={"height": tile, "width": tile}, crop_to_patches=True,
-                                               min_patches=1, max_patches=4)
-    video = InternVLVideoProcessor(size={"height": tile, "width": tile})
-    processor = InternVLProcessor(image_processor=image_processor, tokenizer=tokenizer, video_processor=video,
-                                  image_seq_length=tokens_per_tile, chat_template=INTERNVL_TEMPLATE)
+    processor = internvl_processor(tile, 4, tokens_per_tile, cfg.vocab_size)
+    tokenizer = processor.tokenizer
     config = InternVLConfig(
         vision_config=dict(hidden_size=cfg.vision_hidden_size, intermediate_size=2 * cfg.vision_hidden_size,
                            num_hidden_layers=cfg.vision_layers, num_attention_heads=2, image_size=[tile, tile],
