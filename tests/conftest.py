@@ -41,6 +41,23 @@ def tiny_smolvlm_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_family(tmp_path_factory):
+    """tiny_family("qwen2_vl") -> folder of a tiny model of that family (qwen2_vl, qwen2_5_vl, qwen3_vl, gemma3,
+    internvl), with its real processor class, built once per session."""
+    from vlmpref.models.tiny import TinyModelConfig, save_tiny_model
+
+    built = {}
+
+    def get(architecture: str):
+        if architecture not in built:
+            built[architecture] = save_tiny_model(TinyModelConfig(
+                output_dir=str(tmp_path_factory.mktemp("tiny") / architecture), architecture=architecture))
+        return built[architecture]
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def shapes_dir(tmp_path_factory):
     """The shapes world, 8 training and 4 held-out images (40 and 20 rows), written with save_to_disk."""
     from vlmpref.data.synthetic import make_splits
