@@ -173,6 +173,10 @@ def build_tiny_model(cfg: TinyModelConfig):
     config, processor = _builder(cfg.architecture)(cfg)
     torch.manual_seed(cfg.seed)
     model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
+    with torch.no_grad():  # Gemma 3 starts its image projection at zero: every image feature would be zero
+        for name, param in model.named_parameters():
+            if name.endswith("mm_input_projection_weight"):
+                param.normal_(std=param.shape[0] ** -0.5)
     tokenizer = processor.tokenizer
     # Without these, generate() realigns eos/pad/bos with a warning (DESIGN, pitfalls)
     for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
