@@ -101,7 +101,9 @@ def pair_tokens(processor, dataset) -> dict:
         chosen += len(pair.chosen_ids)
         rejected += len(pair.rejected_ids)
         pv = pair.pixel_inputs.get("pixel_values")
-        if pv is not None:
+        if pv is not None and pv.dim() == 2:  # Qwen's dynamic resolution: one row per patch
+            patches += pv.shape[0]
+        elif pv is not None:
             tiles = pv.shape[0] * pv.shape[1] if pv.dim() == 5 else pv.shape[0]
             patches += tiles * (pv.shape[-1] // processor_patch(processor)) ** 2
     n = len(dataset)
@@ -109,7 +111,8 @@ def pair_tokens(processor, dataset) -> dict:
 
 
 def processor_patch(processor) -> int:
-    return getattr(processor, "_bench_patch", 14)
+    patch = getattr(processor, "_bench_patch", 14)
+    return patch[0] if isinstance(patch, (list, tuple)) else patch  # InternVL gives [height, width]
 
 
 def parameter_counts(model) -> dict:
