@@ -3,10 +3,12 @@
     python benchmarks/bench_dpo.py --models smolvlm-256m smolvlm-2.2b --out runs/bench.json   # one GPU
     python benchmarks/bench_dpo.py --variants trl fast-exact fast-lang --memory-cap 8 12       # as on 8 / 12 GB cards
     python benchmarks/bench_dpo.py --whole-command 48 --memory-cap 12 --variants               # `vlmpref train` timed
+    python benchmarks/bench_dpo.py --models qwen2.5-vl-3b qwen3-vl-2b gemma-3-4b-it internvl3-2b       # other families
     python benchmarks/bench_dpo.py --smoke                                                     # CPU, seconds
+    python benchmarks/bench_dpo.py --smoke --smoke-architecture qwen2_vl                       # a family's tiny model
 
-Both engines train the same random-weight replica (SmolVLM configs, loaded through vlmpref's normal 4-bit
-path), on the same synthetic pairs (640x480 images, ~15-word questions, ~90-word answers), with the same
+Both engines train the same random-weight replica (SmolVLM, Qwen2.5-VL-3B, Qwen3-VL-2B, Gemma-3-4B-it or
+InternVL3-2B configs, models/replicas.py, loaded through vlmpref's normal 4-bit path), on the same synthetic pairs (640x480 images, ~15-word questions, ~90-word answers), with the same
 hyperparameters (4-bit NF4, bf16, gradient checkpointing, 8 pairs per optimizer step). For each variant it
 prints s/pair, pairs/s relative to TRL in the same run, peak reserved GPU memory, tokens processed per pair
 and achieved TFLOP/s. Variants:
@@ -99,7 +101,9 @@ def pair_tokens(processor, dataset) -> dict:
         chosen += len(pair.chosen_ids)
         rejected += len(pair.rejected_ids)
         pv = pair.pixel_inputs.get("pixel_values")
-        if pv is not None:
+        if pv is not None and pv.dim() == 2:  # Qwen's dynamic resolution: one row per patch
+            patches += pv.shape[0]
+        elif pv is not None:
             tiles = pv.shape[0] * pv.shape[1] if pv.dim() == 5 else pv.shape[0]
             patches += tiles * (pv.shape[-1] // processor_patch(processor)) ** 2
     n = len(dataset)
@@ -107,7 +111,8 @@ def pair_tokens(processor, dataset) -> dict:
 
 
 def processor_patch(processor) -> int:
-    return getattr(processor, "_bench_patch", 14)
+    patch = getattr(processor, "_bench_patch", 14)
+    return patch[0] if isinstance(patch, (list, tuple)) else patch  # InternVL gives [height, width]
 
 
 def parameter_counts(model) -> dict:
@@ -245,14 +250,14 @@ def run_variant(variant: str, model_dir: str, dataset, args, budget: float | Non
 # ---- driver
 
 
-def build_model_dir(name: str, root: Path, smoke: bool) -> str:
+def build_model_dir(name: str, root: Path, smoke: bool, architecture: str = "idefics3") -> str:
     from vlmpref.models.replicas import replica_spec, save_replica
     from vlmpref.models.tiny import TinyModelConfig, save_tiny_model
 
     out = root / name
     if not (out / "config.json").is_file():
         if smoke:
-            save_tiny_model(TinyModelConfig(output_dir=str(out)))
+            save_tiny_model(TinyModelConfig(output_dir=str(out), architecture=architecture))
         else:
             save_replica(name, out, device="cuda" if torch.cuda.is_available() else "cpu")
     return str(out)
@@ -320,9 +325,13 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=None, help="Write the results as JSON here.")
     parser.add_argument("--label", default="", help="Recorded with the results (e.g. the git commit).")
     parser.add_argument("--smoke", action="store_true", help="Tiny model, tiny images, CPU: checks the script runs.")
+    parser.add_argument("--smoke-architecture", default="idefics3",
+                        help="With --smoke: the tiny model's family (idefics3, smolvlm, llava, qwen2_vl, qwen2_5_vl, "
+                             "qwen3_vl, gemma3, internvl).")
     args = parser.parse_args(argv)
     if args.smoke:
-        args.models, args.pairs, args.pairs_per_step, args.timed_steps = ["tiny"], 4, 2, 1
+        tiny = "tiny" if args.smoke_architecture == "idefics3" else f"tiny-{args.smoke_architecture}"
+        args.models, args.pairs, args.pairs_per_step, args.timed_steps = [tiny], 4, 2, 1
         args.image_size, args.answer_words = [64, 48], 12
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     from transformers.utils import logging as hf_logging
@@ -344,7 +353,7 @@ def main(argv=None) -> int:
     report = {"device": device, "torch": torch.__version__, "command": " ".join(sys.argv), "label": args.label,
               "cuda_context_gib": round(context, 3), "models": {}}
     for name in args.models:
-        model_dir = build_model_dir(name, root / "models", args.smoke)
+        model_dir = build_model_dir(name, root / "models", args.smoke, args.smoke_architecture)
         rows = benchmark_rows(max(args.pairs, args.whole_command), tuple(args.image_size), args.answer_words)
         # Every pair is timed, so identical synthetic pairs stay in (the reference sees the same rows)
         dataset, set_aside, _ = normalize(Dataset.from_list(rows), where="benchmark data", duplicates="keep")

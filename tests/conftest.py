@@ -7,6 +7,8 @@ import os
 
 import pytest
 
+import vlmpref  # noqa: F401  # first: lets a CPU torch import PyPI's torchvision (vlmpref/_torchvision.py)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -36,6 +38,23 @@ def tiny_smolvlm_dir(tmp_path_factory):
 
     return save_tiny_model(TinyModelConfig(output_dir=str(tmp_path_factory.mktemp("tiny") / "smolvlm"),
                                            architecture="smolvlm"))
+
+
+@pytest.fixture(scope="session")
+def tiny_family(tmp_path_factory):
+    """tiny_family("qwen2_vl") -> folder of a tiny model of that family (qwen2_vl, qwen2_5_vl, qwen3_vl, gemma3,
+    internvl), with its real processor class, built once per session."""
+    from vlmpref.models.tiny import TinyModelConfig, save_tiny_model
+
+    built = {}
+
+    def get(architecture: str):
+        if architecture not in built:
+            built[architecture] = save_tiny_model(TinyModelConfig(
+                output_dir=str(tmp_path_factory.mktemp("tiny") / architecture), architecture=architecture))
+        return built[architecture]
+
+    return get
 
 
 @pytest.fixture(scope="session")

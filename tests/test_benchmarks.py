@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -55,3 +57,19 @@ def test_memory_calibration_compares_a_benchmark_report():
     assert "| h200-run2-256m.json smolvlm-256m trl | 4.45 | 4.32 | -2.8% |" in result.stdout
     assert "| h200-run2-256m.json smolvlm-256m fast-exact:2 | 3.93 | 4.24 | +7.8% |" in result.stdout
     assert "| h200-run2-256m.json smolvlm-256m fast-lang:8 | 2.10 | 1.81 | -14.2% |" in result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("architecture", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "gemma3", "internvl"])
+def test_dpo_benchmark_smoke_with_a_familys_tiny_model(tmp_path, architecture):
+    """--smoke --smoke-architecture runs the same comparison on a tiny model of another family."""
+    output = tmp_path / "bench.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_dpo.py"), "--smoke",
+                             "--smoke-architecture", architecture, "--variants", "trl", "fast-exact:2", "--out",
+                             str(output), "--work", str(tmp_path / "work")],
+                            capture_output=True, text=True, timeout=900, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = {r["variant"]: r for r in json.loads(output.read_text())["models"][f"tiny-{architecture}"]["results"]}
+    assert set(results) == {"trl", "fast-exact:2"}
+    assert results["fast-exact:2"]["tokens_per_pair"] < results["trl"]["tokens_per_pair"]

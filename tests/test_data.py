@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from vlmpref.data import load_preference_data
+from vlmpref.data.normalize import clean_messages
 from vlmpref.errors import VlmprefError
 
 QUESTION, CHOSEN, REJECTED = "What color is the circle?", "The circle is red.", "The circle is blue."
@@ -180,3 +181,25 @@ def test_unknown_split_lists_the_available_ones(shapes_dir):
 def test_unknown_hub_dataset_offline_is_a_clear_error():
     with pytest.raises(VlmprefError, match="Hugging Face Hub"):
         load_preference_data("no-such-user/no-such-dataset-xyz")
+
+
+@pytest.mark.parametrize("placeholder", ["<image>", "<|vision_start|><|image_pad|><|vision_end|>", "<start_of_image>",
+                                         "<IMG_CONTEXT>"])
+def test_each_familys_literal_image_placeholder_counts_against_the_images(tmp_path, placeholder):
+    """LLaVA / SmolVLM, Qwen-VL, Gemma 3 and InternVL datasets write the image into the prompt text: one literal
+    placeholder per image is used (as an image part where it stands), a mismatch is a set-aside row."""
+    image = {"bytes": _png(_image()), "path": None}
+    rows = [{"images": [image], "question": f"{placeholder}\nWhat color is it?", "chosen": "Red.", "rejected": "Blue."},
+            {"images": [image], "question": f"{placeholder}{placeholder} Which is red?", "chosen": "A.",
+             "rejected": "B."},
+            {"images": [image, image], "question": f"Left: {placeholder} right: {placeholder}", "chosen": "A.",
+             "rejected": "B."},
+            {"images": [image], "question": "What is it?", "chosen": f"{placeholder} A dog.", "rejected": "A cat."}]
+    datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "d.parquet"))
+    data = load_preference_data(str(tmp_path / "d.parquet"), num_proc=1)
+    assert dict(zip(data.set_aside["row_id"], data.set_aside["problem"])) == {
+        1: "prompt has 2 image placeholder(s) but the row has 1 image(s)", 3: "chosen must not contain images"}
+    first, third = (clean_messages(row["prompt"])[0]["content"] for row in data.dataset)
+    assert first == [{"type": "image"}, {"type": "text", "text": "\nWhat color is it?"}]
+    assert third == [{"type": "text", "text": "Left: "}, {"type": "image"}, {"type": "text", "text": " right: "},
+                     {"type": "image"}]

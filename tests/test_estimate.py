@@ -240,3 +240,33 @@ def test_unknown_model_type_is_a_clear_error(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
     with pytest.raises(VlmprefError, match="estimate knows Idefics3"):
         describe_model(str(tmp_path))
+
+
+@pytest.mark.parametrize("name", ["qwen2.5-vl-3b", "qwen3-vl-2b", "gemma-3-4b-it", "internvl3-2b"])
+def test_each_familys_image_tokens_follow_its_processor(name):
+    """Qwen's dynamic resolution (and its pixel budget under --image-longest-edge), Gemma 3's fixed 256 tokens,
+    InternVL's tiles and thumbnail: the estimate's count equals what the family's processor makes."""
+    from PIL import Image
+
+    from vlmpref.models.replicas import replica_config, replica_processor
+    from vlmpref.models.shapes import set_image_longest_edge
+
+    shape = describe_model(name)
+    for size, edge in [((640, 480), None), ((480, 640), None), ((1000, 300), None), ((300, 300), None),
+                       ((640, 480), 448)]:
+        processor = replica_processor(name)
+        if edge and "gemma" in name:  # one fixed size: nothing to shrink
+            with pytest.raises(VlmprefError, match="Gemma3Processor takes images at one fixed size"):
+                set_image_longest_edge(processor, edge)
+            continue
+        if edge:
+            set_image_longest_edge(processor, edge)
+        text = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"},
+                                                                           {"type": "text", "text": "What is it?"}]}])
+        inputs = processor(text=[text], images=[[Image.new("RGB", size)]], return_tensors="pt")
+        predicted = image_tokens(shape, *size, longest_edge=edge)
+        image_token = replica_config(name, processor).image_token_id
+        assert predicted.features == int((inputs["input_ids"] == image_token).sum()), (size, edge)
+        pixels = inputs["pixel_values"]
+        patches = pixels.shape[0] if pixels.dim() == 2 else pixels.shape[0] * shape.patches_per_tile
+        assert predicted.patches == patches, (size, edge)

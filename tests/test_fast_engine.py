@@ -301,7 +301,9 @@ def test_drop_in_for_trl_on_raw_rlaif_v_style_rows(tiny_model_dir, tmp_path, ima
 def test_every_family_the_engine_accepts_is_checked_above():
     from vlmpref.train.fast import FAST_MODEL_TYPES
 
-    checked = {"idefics3", "smolvlm", "llava"}  # the fixtures of the float64 comparison
+    from test_families import FAMILIES
+
+    checked = {"idefics3", "smolvlm", "llava", *FAMILIES}  # the fixtures of the float64 comparisons
     assert set(FAST_MODEL_TYPES) == checked
 
 

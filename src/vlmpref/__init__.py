@@ -11,3 +11,7 @@ Stages import only from earlier stages: data -> models -> train -> generate -> e
 """
 
 __version__ = "0.1.0"
+
+from vlmpref._torchvision import declare_missing_ops
+
+declare_missing_ops()  # before transformers imports torchvision (see the module)

@@ -94,7 +94,10 @@ def token_stats(processor, rows, limit: int) -> dict:
 
     from vlmpref.data.normalize import trl_example
 
-    image_token_id = getattr(processor, "image_token_id", None)
+    # the token each image feature fills: the tokenizer's image token where it names one (Gemma 3's processor
+    # calls its <start_of_image> marker the image token), else the processor's
+    image_token_id = (getattr(processor.tokenizer, "image_token_id", None)
+                      or getattr(processor, "image_token_id", None))
     prompt_len, image_len, chosen_len, rejected_len = [], [], [], []
     for row in map(trl_example, rows.select(range(min(limit, len(rows))))):
         texts = apply_chat_template({k: row[k] for k in ("prompt", "chosen", "rejected")}, processor)

@@ -10,13 +10,17 @@ Internal form (TRL's conversational vision format, so the reference trainer read
     ...       any other source columns (ground truth such as `objects`, `answer`), passed through
 
 Accepted inputs: the chat-message format of `HuggingFaceH4/rlaif-v_formatted`, and plain strings
-(`image` or `images`, `prompt` or `question`, `chosen`, `rejected`).
+(`image` or `images`, `prompt` or `question`, `chosen`, `rejected`). A model family's literal image placeholder
+in the text (`<image>`, Qwen's `<|vision_start|><|image_pad|><|vision_end|>`, Gemma 3's `<start_of_image>`,
+InternVL's `<IMG_CONTEXT>`) becomes an image part where it stands, so it is counted against the row's images
+and rendered by whichever model's chat template trains on it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -71,9 +75,29 @@ def _text(value: Any, what: str) -> str:
     return value
 
 
+# Each family's literal image placeholder, as datasets written for that family carry it in the prompt text
+IMAGE_PLACEHOLDER = re.compile("|".join(map(re.escape, [
+    "<|vision_start|><|image_pad|><|vision_end|>", "<|image_pad|>",  # Qwen2-VL, Qwen2.5-VL, Qwen3-VL
+    "<start_of_image>",                                              # Gemma 3
+    "<img><IMG_CONTEXT></img>", "<IMG_CONTEXT>",                     # InternVL
+    "<image>",                                                       # LLaVA, SmolVLM, InternVL's own chat format
+])))
+
+
+def _text_parts(text: str) -> list[dict]:
+    """A text, with each literal image placeholder turned into an image part where it stands."""
+    parts = []
+    for i, piece in enumerate(IMAGE_PLACEHOLDER.split(text)):
+        if i:
+            parts.append({"type": "image", "text": None})
+        if piece.strip():
+            parts.append({"type": "text", "text": piece})
+    return parts
+
+
 def _content_parts(content: Any, what: str) -> list[dict]:
     if isinstance(content, str):
-        return [{"type": "text", "text": content}]
+        return _text_parts(content)
     if not isinstance(content, list):
         raise RowProblem(f"{what} content must be text or a list of parts, not {type(content).__name__}")
     parts = []
@@ -83,7 +107,7 @@ def _content_parts(content: Any, what: str) -> list[dict]:
         if part["type"] == "image":
             parts.append({"type": "image", "text": None})
         else:
-            parts.append({"type": "text", "text": _text(part.get("text"), f"{what} text")})
+            parts += _text_parts(_text(part.get("text"), f"{what} text"))
     return parts
 
 
@@ -92,7 +116,7 @@ def _messages(value: Any, what: str, default_role: str) -> list[dict]:
     if isinstance(value, (bytes, bytearray)):
         value = _text(value, what)
     if isinstance(value, str):
-        return [{"role": default_role, "content": [{"type": "text", "text": _text(value, what)}]}]
+        return [{"role": default_role, "content": _text_parts(_text(value, what))}]
     if not isinstance(value, list):
         raise RowProblem(f"{what} must be text or a list of messages, not {type(value).__name__}")
     if not value:

@@ -262,7 +262,7 @@ def estimate_memory(shape: ModelShape, settings: RunSettings, image: ImageTokens
     text_tokens = sequences * seq
     # the vision tower sees every sequence's image (TRL duplicates it for chosen and rejected), or none when cached
     images = 0 if settings.cached_images else sequences
-    per_image = image.tiles * shape.patches_per_tile
+    per_image = image.patches
     vision_tokens = images * per_image
     vision_adapted = any(lin.part == "vision" for lin in adapted_linears(shape, settings))
     # gradient checkpointing makes transformers hook every embedding layer to require grad, so the vision tower
@@ -277,10 +277,10 @@ def estimate_memory(shape: ModelShape, settings: RunSettings, image: ImageTokens
     adapter = adapter_bytes(shape, settings)
 
     # ---- inputs: pixel values (fp32) + their bf16 copy + the int64 pixel mask; cached image features
-    pixel_bytes = image.tiles * shape.tile**2 * (3 * 4 + 3 * 2 + 8)  # of one image
+    pixel_bytes = image.pixels * (3 * 4 + 3 * 2 + 8)  # of one image
     inputs = images * pixel_bytes
     if settings.cached_images:
-        inputs += b * image.tiles * shape.image_seq_len * t.hidden * 2
+        inputs += b * image.features * t.hidden * 2
     completions = 2 * b * settings.answer_tokens  # chosen and rejected answers are scored
     if trl:  # TRL's fused head: fp32 log-probs of every completion token against a slice of the vocabulary
         inputs += completions * min(shape.vocab, TRL_LOGIT_COLUMNS) * 4 * 2
@@ -358,16 +358,17 @@ def flops_per_pair(shape: ModelShape, settings: RunSettings, image: ImageTokens)
     sequences = 2 if trl else 1
     text_tokens = sequences * seq
     t, v = shape.text, shape.vision
-    per_image = image.tiles * shape.patches_per_tile  # vision-tower tokens of one image
+    per_image = image.patches  # vision-tower tokens of one image
     # PEFT's DoRA runs the base matmul a second time, on the dropped-out input (the fast engine reuses the first)
     dora_params = {"text": 0, "vision": 0}
     for lin in adapted_linears(shape, settings) if settings.use_dora and trl else []:
         dora_params["vision" if lin.part == "vision" else "text"] += lin.numel
     attn_text = 4 * t.layers * seq * t.hidden / 2  # QK^T and AV over a causal half of the sequence
-    attn_vision = 4 * v.layers * shape.patches_per_tile * v.hidden
+    # attention within a tile, or over the whole image where there are no tiles (Qwen's dynamic resolution)
+    attn_vision = 4 * v.layers * (shape.patches_per_tile or per_image) * v.hidden
     text = text_tokens * (2 * shape.part_params("text") + attn_text)
     vision_one = per_image * (2 * shape.part_params("vision") + attn_vision)
-    vision_one += image.tiles * shape.image_seq_len * 2 * shape.part_params("connector")
+    vision_one += image.features * 2 * shape.part_params("connector")
     head = 2 * settings.answer_tokens * 2 * shape.vocab * t.hidden  # log-probs at chosen and rejected tokens
     dora_text = text_tokens * 2 * dora_params["text"]
     dora_vision = per_image * 2 * dora_params["vision"]

@@ -3,10 +3,12 @@
     vlmpref tiny-model --output-dir runs/tiny                       # Idefics3 (SmolVLM architecture)
     vlmpref tiny-model --output-dir runs/tiny-llava --architecture llava
     vlmpref tiny-model --output-dir runs/tiny-smolvlm2 --architecture smolvlm   # SmolVLM2's model class
+    vlmpref tiny-model --output-dir runs/tiny-qwen2vl --architecture qwen2_vl   # also qwen2_5_vl, qwen3_vl, gemma3, internvl
 
 Each model is saved with `save_pretrained` together with its processor (a small byte-level BPE tokenizer
-with a SmolVLM-style chat template), so tests and smoke runs load it through the ordinary
-`AutoProcessor` / `AutoModelForImageTextToText.from_pretrained` path.
+with a SmolVLM-style chat template, or each family's own template and processor class, see tiny_families.py),
+so tests and smoke runs load it through the ordinary `AutoProcessor` / `AutoModelForImageTextToText.from_pretrained`
+path.
 """
 
 from __future__ import annotations
@@ -32,8 +34,7 @@ from transformers.models.llava.image_processing_pil_llava import LlavaImageProce
 from vlmpref.data.synthetic import text_corpus
 from vlmpref.errors import VlmprefError
 
-# Qwen2-VL is left out: its processor needs a video processor, which needs torchvision.
-Architecture = Literal["idefics3", "smolvlm", "llava"]
+Architecture = Literal["idefics3", "smolvlm", "llava", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "gemma3", "internvl"]
 
 PAD, BOS, EOS = "<|endoftext|>", "<|im_start|>", "<end_of_utterance>"
 IDEFICS3_TOKENS = ["<fake_token_around_image>", "<image>", "<global-img>"] + [
@@ -58,7 +59,8 @@ class TinyModelConfig:
 
     output_dir: str = field(metadata={"help": "Folder to write the model, processor and tokenizer to."})
     architecture: Architecture = field(default="idefics3", metadata={
-        "help": "Model family: idefics3 (SmolVLM), smolvlm (SmolVLM2's model class) or llava."})
+        "help": "Model family: idefics3 (SmolVLM), smolvlm (SmolVLM2's model class), llava, qwen2_vl, qwen2_5_vl, "
+                "qwen3_vl, gemma3 or internvl (the last five with their real processor classes and chat templates)."})
     image_size: int = field(default=64, metadata={"help": "Square input resolution of the vision tower, pixels."})
     patch_size: int = field(default=8, metadata={"help": "Vision patch size, pixels."})
     vision_hidden_size: int = field(default=64, metadata={"help": "Vision tower width."})
@@ -72,20 +74,28 @@ class TinyModelConfig:
     overwrite: bool = field(default=False, metadata={"help": "Replace an existing, non-empty output folder."})
 
 
-def build_tokenizer(vocab_size: int = 1024, image_markup: str = "<image>") -> PreTrainedTokenizerFast:
-    """Train a byte-level BPE tokenizer on the synthetic world's text: any string tokenizes, common words are one token."""
-    special = [PAD, BOS, EOS] + IDEFICS3_TOKENS
+def train_tokenizer(vocab_size: int, special_tokens: list[str], chat_template: str, eos: str, pad: str,
+                    bos: str | None = None, extra_special_tokens: dict[str, str] | None = None) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE tokenizer on the synthetic world's text: any string tokenizes, common words are one
+    token, and each of `special_tokens` is one token (the first ones get the lowest ids)."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special, show_progress=False,
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special_tokens, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(text_corpus(), trainer)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD,
-                                        model_max_length=4096, padding_side="left",
-                                        chat_template=_CHAT_TEMPLATE.replace("IMAGE_MARKUP", image_markup))
-    tokenizer.add_special_tokens({"additional_special_tokens": special[3:]})
+    named = {bos, eos, pad}
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=pad,
+                                        model_max_length=4096, padding_side="left", chat_template=chat_template,
+                                        extra_special_tokens=extra_special_tokens or {})
+    tokenizer.add_special_tokens({"additional_special_tokens": [t for t in special_tokens if t not in named]})
     return tokenizer
+
+
+def build_tokenizer(vocab_size: int = 1024, image_markup: str = "<image>") -> PreTrainedTokenizerFast:
+    """vlmpref's SmolVLM-style tokenizer (Idefics3's special tokens, SmolVLM's conversation layout)."""
+    return train_tokenizer(vocab_size, [PAD, BOS, EOS] + IDEFICS3_TOKENS,
+                           _CHAT_TEMPLATE.replace("IMAGE_MARKUP", image_markup), bos=BOS, eos=EOS, pad=PAD)
 
 
 def _text_config(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerFast, model_type: str) -> dict:
@@ -147,11 +157,26 @@ def _smolvlm(cfg: TinyModelConfig):
 _BUILDERS = {"idefics3": _idefics3, "smolvlm": _smolvlm, "llava": _llava}
 
 
+def _builder(architecture: str):
+    if architecture in _BUILDERS:
+        return _BUILDERS[architecture]
+    from vlmpref.models import tiny_families
+
+    if architecture not in tiny_families.BUILDERS:
+        raise VlmprefError(f"Unknown architecture '{architecture}'; choose from "
+                           f"{', '.join([*_BUILDERS, *tiny_families.BUILDERS])}.")
+    return tiny_families.BUILDERS[architecture]
+
+
 def build_tiny_model(cfg: TinyModelConfig):
     """Return a random tiny (model, processor) pair of the chosen architecture, in float32."""
-    config, processor = _BUILDERS[cfg.architecture](cfg)
+    config, processor = _builder(cfg.architecture)(cfg)
     torch.manual_seed(cfg.seed)
     model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
+    with torch.no_grad():  # Gemma 3 starts its image projection at zero: every image feature would be zero
+        for name, param in model.named_parameters():
+            if name.endswith("mm_input_projection_weight"):
+                param.normal_(std=param.shape[0] ** -0.5)
     tokenizer = processor.tokenizer
     # Without these, generate() realigns eos/pad/bos with a warning (DESIGN, pitfalls)
     for key in ("bos_token_id", "eos_token_id", "pad_token_id"):

@@ -86,13 +86,8 @@ def ways_to_fit(shape: ModelShape, settings: RunSettings, gpu: Gpu, available_gi
         options.append(("--quantization 4bit", dataclasses.replace(settings, quantization="4bit")))
     if settings.lora_scope == "all":
         options.append(("--lora-scope language", dataclasses.replace(settings, lora_scope="language")))
-    if shape.architecture == "idefics3" and shape.image_splitting:
-        current = settings.image_longest_edge or shape.longest_edge
-        for tiles in (2, 1):
-            edge = shape.tile * tiles
-            if edge < current:
-                options.append((f"--image-longest-edge {edge}",
-                                dataclasses.replace(settings, image_longest_edge=edge)))
+    for edge in _smaller_edges(shape, settings):
+        options.append((f"--image-longest-edge {edge}", dataclasses.replace(settings, image_longest_edge=edge)))
     if settings.answer_tokens > 128:
         image = image_tokens(shape, settings.image_width, settings.image_height, settings.image_longest_edge)
         options.append((f"--max-length {settings.prompt_tokens + image.tokens + 128} (answers cut to 128 tokens)",
@@ -110,6 +105,19 @@ def ways_to_fit(shape: ModelShape, settings: RunSettings, gpu: Gpu, available_gi
     if preset:
         lines.append((False, 0.0, f"--preset {preset[0]}: {preset[1]:.1f} GiB (fits)"))
     return [text for _, _, text in sorted(lines, key=lambda x: (x[0], x[1]))]
+
+
+def _smaller_edges(shape: ModelShape, settings: RunSettings) -> list[int]:
+    """--image-longest-edge values that give this family's images fewer tokens than the current setting."""
+    if shape.architecture in ("idefics3", "internvl") and shape.image_splitting:
+        edges = [shape.tile * 2, shape.tile]  # 2 x 2 tiles, one tile
+        current = settings.image_longest_edge or (shape.longest_edge if shape.architecture == "idefics3"
+                                                  else shape.tile * int(shape.max_tiles**0.5))
+    elif shape.architecture == "qwen":  # a pixel budget of edge x edge
+        edges, current = [1024, 768, 512], settings.image_longest_edge or int(shape.max_pixels**0.5)
+    else:
+        return []
+    return [edge for edge in edges if edge < current]
 
 
 def _preset_that_fits(shape: ModelShape, settings: RunSettings, available_gib: float) -> tuple[str, float] | None:

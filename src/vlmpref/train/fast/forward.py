@@ -1,8 +1,10 @@
 """One forward pass over a packed batch: image features once per pair, log-probs only at answer tokens.
 
 The model is taken apart into its standard pieces (`get_image_features`, input embeddings, the decoder
-from `get_decoder`, the LM head from `get_output_embeddings`), so the same code serves Idefics3/SmolVLM
-and LLaVA-style models, with or without a PEFT wrapper.
+from `get_decoder`, the LM head from `get_output_embeddings`), so the same code serves Idefics3/SmolVLM,
+LLaVA-style, Qwen2-VL / Qwen2.5-VL / Qwen3-VL, Gemma 3 and InternVL models, with or without a PEFT wrapper;
+what a family does differently (3-D positions, deepstack features, bidirectional or sliding-window attention)
+is in families.py.
 """
 
 from __future__ import annotations
@@ -13,13 +15,14 @@ from dataclasses import dataclass
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from vlmpref.train.fast.packing import PackedBatch, block_mask, dense_mask
+from vlmpref.train.fast import families
+from vlmpref.train.fast.packing import PackedBatch
 
 
-# Families whose pieces combine as above: 1-D positions, image features that replace the image tokens one for
-# one. Each is checked against the duplicated (TRL) formulation in tests/test_fast_engine.py. Others, such as
-# Qwen2-VL with its 3-D rotary positions, would be computed wrongly, so they are refused.
-FAST_MODEL_TYPES = ("idefics3", "smolvlm", "llava")
+# Families whose log-probs this forward computes exactly, each checked against the duplicated (TRL) formulation in
+# float64 and against trl.DPOTrainer in float32 (tests/test_fast_engine.py, tests/test_families.py). Others are
+# refused, since their positions or masks might be computed wrongly.
+FAST_MODEL_TYPES = ("idefics3", "smolvlm", "llava", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "gemma3", "internvl")
 
 
 def supports_model(model) -> bool:
@@ -42,17 +45,13 @@ def pixel_dtype(model) -> torch.dtype:
 
 def image_features(model, pixel_inputs: dict) -> torch.Tensor:
     """Image features as the language model receives them, one row per image token: [n_tokens, hidden]."""
-    inputs = dict(pixel_inputs)
-    inputs["pixel_values"] = inputs["pixel_values"].to(pixel_dtype(model))
-    features = model.get_image_features(**inputs, return_dict=True).pooler_output
-    if isinstance(features, (list, tuple)):
-        features = torch.cat([f.reshape(-1, f.shape[-1]) for f in features])
-    return features.reshape(-1, features.shape[-1])
+    return families.image_features(model, pixel_inputs, pixel_dtype(model))
 
 
 def _concat_pixels(parts: list[dict]) -> list[dict]:
     """One vision call for all pairs when their image tensors stack (fewer, larger kernel launches):
-    Idefics3 gives [1, tiles, 3, H, W] per pair (joined on the tile axis), LLaVA [images, 3, H, W]."""
+    Idefics3 gives [1, tiles, 3, H, W] per pair (joined on the tile axis), LLaVA, Gemma 3 and InternVL
+    [images or tiles, 3, H, W], Qwen [patches, C x P x P] with image_grid_thw [images, 3] (all on the first axis)."""
     parts = [p for p in parts if p]
     if len(parts) < 2 or any(set(p) != set(parts[0]) for p in parts):
         return parts
@@ -61,7 +60,7 @@ def _concat_pixels(parts: list[dict]) -> list[dict]:
         return parts
     if values[0].dim() == 5 and all(v.shape[0] == 1 for v in values):
         axis = 1
-    elif values[0].dim() == 4:
+    elif values[0].dim() in (2, 4):
         axis = 0
     else:
         return parts
@@ -109,19 +108,21 @@ def answer_token_logps(hidden: torch.Tensor, lm_head: torch.nn.Module, targets: 
 
 
 def _with_image_features(model, batch: PackedBatch, embeds: torch.Tensor, features: torch.Tensor | None):
-    """Token embeddings with the image tokens' rows replaced by the image features (in token order)."""
+    """(token embeddings with the image tokens' rows replaced by the image features (in token order), extra decoder
+    arguments some families take with them: Qwen3-VL's deepstack features)."""
     index = batch.image_index
     if index is None:  # a batch packed without the image token id: find the image tokens here (waits for the GPU)
         positions = batch.input_ids == image_token_id(model)
         if not positions.any():
-            return embeds
+            return embeds, {}
         index = positions.reshape(-1).nonzero().squeeze(-1)
     if index.numel() == 0:
-        return embeds
+        return embeds, {}
     if features is None:
         features = batch_image_features(model, batch.pixel_inputs)
-    flat = embeds.reshape(-1, embeds.shape[-1]).index_copy(0, index, features.to(embeds.dtype))
-    return flat.view(embeds.shape)
+    main, extra = families.split_image_features(model, features, embeds, index)
+    flat = embeds.reshape(-1, embeds.shape[-1]).index_copy(0, index, main.to(embeds.dtype))
+    return flat.view(embeds.shape), extra
 
 
 def attention_backends(mask_is_dense: bool):
@@ -144,11 +145,12 @@ def packed_logps(model, batch: PackedBatch, features: torch.Tensor | None = None
     for sdpa/eager) or `flex` (a FlexAttention BlockMask). Nothing here reads a value back from the GPU, so
     the host can queue the next work while the GPU computes.
     """
-    embeds = _with_image_features(model, batch, model.get_input_embeddings()(batch.input_ids), features)
-    mask = block_mask(batch) if attention == "flex" else dense_mask(batch)
+    embeds, extra = _with_image_features(model, batch, model.get_input_embeddings()(batch.input_ids), features)
+    mask = families.attention_mask(model, batch, attention)
+    positions = families.position_ids(model, batch)
     with attention_backends(attention != "flex"):
-        hidden = model.get_decoder()(inputs_embeds=embeds, attention_mask=mask, position_ids=batch.position_ids,
-                                     use_cache=False).last_hidden_state
+        hidden = model.get_decoder()(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
+                                     use_cache=False, **extra).last_hidden_state
     hidden = hidden.reshape(-1, hidden.shape[-1])[batch.logit_index]
     token_logps = answer_token_logps(hidden, model.get_output_embeddings(), batch.target_ids)
     # per-pair sums by index, with the other answer's tokens multiplied by zero: no boolean indexing, no sync

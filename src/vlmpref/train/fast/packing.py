@@ -17,6 +17,7 @@ import torch
 from trl.data_utils import apply_chat_template, prepare_multimodal_messages
 
 from vlmpref.data.normalize import trl_example
+from vlmpref.train.fast.families import split_processor_outputs
 
 PROMPT, CHOSEN, REJECTED = 0, 1, 2
 
@@ -30,6 +31,9 @@ class PairTokens:
     rejected_ids: list[int]
     pixel_inputs: dict[str, torch.Tensor] = field(default_factory=dict)  # pixel_values, pixel_attention_mask, ...
     pair_id: int = -1
+    # token layout from the processor that positions and masks read (image_grid_thw, mm_token_type_ids, ...):
+    # kept when the pixels are dropped for cached features (families.split_processor_outputs)
+    layout: dict[str, torch.Tensor] = field(default_factory=dict)
     image_key: str | None = None  # content key of the pair's images, for the feature cache
 
     def without_pixels(self) -> "PairTokens":
@@ -69,7 +73,8 @@ def tokenize_pair(row: dict, processor, pair_id: int = -1, image_key: str | None
     tokenizer = processor.tokenizer
     chosen = tokenizer(texts["chosen"], add_special_tokens=False)["input_ids"]
     rejected = tokenizer(texts["rejected"], add_special_tokens=False)["input_ids"]
-    pixels = {k: v for k, v in prompt.items() if k not in ("input_ids", "attention_mask")} if with_pixels else {}
+    pixels, layout = split_processor_outputs(prompt)
+    pixels = pixels if with_pixels else {}
     prompt_ids = prompt["input_ids"][0].tolist()
     if max_length is not None:
         room = max_length - len(prompt_ids)
@@ -77,7 +82,7 @@ def tokenize_pair(row: dict, processor, pair_id: int = -1, image_key: str | None
             raise prompt_too_long(pair_id, len(prompt_ids), max_length)
         chosen, rejected = chosen[:room], rejected[:room]
     return PairTokens(prompt_ids=prompt_ids, chosen_ids=list(chosen), rejected_ids=list(rejected),
-                      pixel_inputs=pixels, pair_id=pair_id, image_key=image_key)
+                      pixel_inputs=pixels, pair_id=pair_id, image_key=image_key, layout=layout)
 
 
 # Rows (layout "rows") are padded to a multiple of this many tokens: shapes then repeat from batch to batch, so
