@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections import OrderedDict
 from pathlib import Path
 
@@ -82,7 +83,7 @@ class ImageFeatureCache:
             if self.folder is not None:
                 path = self.folder / f"{old_key}.safetensors"
                 if not path.is_file():
-                    tmp = path.with_suffix(".tmp")
+                    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # processes of a data-parallel run share the folder
                     save_file({"features": old}, str(tmp))
                     tmp.rename(path)  # atomic: a half-written file is never read
                     self.spilled += 1
@@ -113,7 +114,7 @@ class ReferenceLogps:
 
     def save(self, path: str | Path) -> None:
         path = Path(path)
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps({"fingerprint": self.fingerprint, "chosen": self.chosen, "rejected": self.rejected}))
         tmp.replace(path)
 

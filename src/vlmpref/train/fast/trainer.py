@@ -276,7 +276,10 @@ class FastDPOTrainer(DPOTrainer):
         was_training = model.training
         model.eval()
         with torch.no_grad(), self._reference_context():
+            rank, world = self.accelerator.process_index, self.accelerator.num_processes
             for dataset in datasets_:
+                if world > 1:  # each process computes its share; all of them are gathered below
+                    dataset = dataset.select(range(rank, len(dataset), world))
                 workers = one_time_workers(len(dataset), batch_size)
                 # about two batches in flight: pixel tensors of a 13-tile image are ~23 MB each
                 loader = DataLoader(_Tokenized(dataset, self.data_collator), batch_size=None, num_workers=workers,
@@ -301,8 +304,16 @@ class FastDPOTrainer(DPOTrainer):
                     progress.update(len(pending))
                     pending = []
                 progress.close()
-                if ids:
-                    reference.add(ids, torch.cat(chosen).double().cpu(), torch.cat(rejected).double().cpu())
+                share = (ids, torch.cat(chosen).double().cpu().tolist() if ids else [],
+                         torch.cat(rejected).double().cpu().tolist() if ids else [])
+                shares = [share]
+                if world > 1:
+                    shares = [None] * world
+                    torch.distributed.all_gather_object(shares, share)
+                for share_ids, share_chosen, share_rejected in shares:
+                    if share_ids:
+                        reference.add(share_ids, torch.tensor(share_chosen, dtype=torch.float64),
+                                      torch.tensor(share_rejected, dtype=torch.float64))
         model.train(was_training)
         if self.is_world_process_zero():
             os.makedirs(self.args.output_dir, exist_ok=True)
@@ -352,6 +363,7 @@ class FastDPOTrainer(DPOTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
+        model = self.accelerator.unwrap_model(model)  # the engine calls the model's parts, not DDP's forward
         batch: PackedBatch = inputs["packed"].to(self.accelerator.device)
         features = self._features(model, batch)
         # The model's forward is what accelerate wraps in autocast; this engine calls its parts, so say it here
@@ -374,7 +386,10 @@ class FastDPOTrainer(DPOTrainer):
     def training_step(self, model, inputs, num_items_in_batch=None):
         # the attention kernel must be the same when gradient checkpointing recomputes a layer in backward
         with forward.attention_backends(self.attention != "flex"):
-            return self._training_step(model, inputs, num_items_in_batch)
+            loss = self._training_step(model, inputs, num_items_in_batch)
+        if self.accelerator.gradient_state.sync_gradients:  # the step's last micro-batch
+            self._average_gradients()
+        return loss
 
     def _training_step(self, model, inputs, num_items_in_batch=None):
         batch: PackedBatch = inputs["packed"]
@@ -384,7 +399,9 @@ class FastDPOTrainer(DPOTrainer):
             return self._training_step_in_parts(model, batch, num_items_in_batch)
         # Auto packing plans from an estimate: if the first optimizer step still runs out of memory, continue with
         # half as many pairs per forward (each micro-batch in parts; the optimizer step is the same)
-        fallback = self.packing is not None and self.state.global_step == self._first_step and batch.num_pairs > 1
+        # (one process only: the others would not know this process's micro-batches came in parts)
+        fallback = (self.packing is not None and self.state.global_step == self._first_step and batch.num_pairs > 1
+                    and self.accelerator.num_processes == 1)
         grads = self._gradients() if fallback else None
         try:
             loss = super().training_step(model, inputs, num_items_in_batch)
@@ -427,17 +444,17 @@ class FastDPOTrainer(DPOTrainer):
 
     def _log_metrics(self, mode: str, x: LossInputs, batch: PackedBatch) -> None:
         """TRL's metrics, kept on the device until `log` reads them all at once (a `.item()` per micro-batch
-        would make the host wait for the GPU six times per forward)."""
-        gather = self.accelerator.gather_for_metrics
+        would make the host wait for the GPU six times per forward; a gather per micro-batch would tie the
+        processes of a data-parallel run together at every forward)."""
         chosen_rewards = self.beta * x.chosen_logratios.detach()
         rejected_rewards = self.beta * x.rejected_logratios.detach()
         m = self._metrics[mode]
-        m["rewards/chosen"].append(gather(chosen_rewards).mean())
-        m["rewards/rejected"].append(gather(rejected_rewards).mean())
-        m["rewards/accuracies"].append(gather((chosen_rewards > rejected_rewards).float()).mean())
-        m["rewards/margins"].append(gather(chosen_rewards - rejected_rewards).mean())
-        m["logps/chosen"].append(gather(x.chosen_logps.detach()).mean())
-        m["logps/rejected"].append(gather(x.rejected_logps.detach()).mean())
+        m["rewards/chosen"].append(chosen_rewards.mean())
+        m["rewards/rejected"].append(rejected_rewards.mean())
+        m["rewards/accuracies"].append((chosen_rewards > rejected_rewards).float().mean())
+        m["rewards/margins"].append((chosen_rewards - rejected_rewards).mean())
+        m["logps/chosen"].append(x.chosen_logps.detach().mean())
+        m["logps/rejected"].append(x.rejected_logps.detach().mean())
         if mode == "train":
             self._total_train_tokens += batch.num_tokens
         m["num_tokens"] = [self._total_train_tokens]
@@ -445,12 +462,36 @@ class FastDPOTrainer(DPOTrainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if self.model.training else "eval"
         metrics = self._metrics[mode]
-        pending = [(key, i) for key, values in metrics.items() for i, v in enumerate(values) if torch.is_tensor(v)]
-        if pending:  # one read-back for every metric kept since the last log
-            values = torch.stack([metrics[key][i].float() for key, i in pending]).tolist()
-            for (key, i), value in zip(pending, values):
-                metrics[key][i] = value
+        keys = [key for key, values in metrics.items() if values and torch.is_tensor(values[0])]
+        if keys:  # one read-back (and, on several processes, one gather) for everything kept since the last log
+            local = torch.stack([torch.stack(metrics[key]).float().mean() for key in keys])
+            everywhere = self.accelerator.gather(local[None]).reshape(-1, len(keys)).mean(0)
+            for key, value in zip(keys, everywhere.tolist()):
+                metrics[key] = [value]
         super().log(logs, start_time)
+
+    # ---- data parallel: gradients averaged by hand (see training_step)
+
+    def _average_gradients(self) -> None:
+        """Average the trainable parameters' gradients over the processes, once per optimizer step, before
+        clipping. The engine calls the model's parts, not the DistributedDataParallel wrapper's forward, so
+        DDP's own reducer never runs; averaging here is what it would do (each process's accumulation is
+        already divided by its micro-batch count), and a parameter without a gradient counts as zero."""
+        if self.accelerator.num_processes == 1:
+            return
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        for dtype in sorted({p.grad.dtype for p in params}, key=str):
+            grads = [p.grad for p in params if p.grad.dtype == dtype]
+            flat = torch.cat([g.reshape(-1) for g in grads])
+            torch.distributed.all_reduce(flat)
+            flat /= self.accelerator.num_processes
+            offset = 0
+            for g in grads:
+                g.copy_(flat[offset:offset + g.numel()].view_as(g))
+                offset += g.numel()
 
     def floating_point_ops(self, inputs) -> int:
         """Trainer's FLOP count (6 x parameters x tokens), from the batch's token count, without a model scan."""
