@@ -198,6 +198,26 @@ def test_cached_features_and_pairs_without_pixels_give_the_same_logps(tiny_famil
     torch.testing.assert_close(cached.rejected, expected.rejected, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "internvl"])
+def test_vision_calls_bounded_in_size_give_the_same_features(tiny_family, family, rows, monkeypatch):
+    """The one-time pass encodes a batch's images in calls of bounded size (a 16-pair batch of large images ran out
+    of memory in one call): one call per pair gives the same features as one call for the whole batch."""
+    from vlmpref.train.fast import forward
+
+    path = str(tiny_family(family))
+    model, processor = load_model(path, dtype=torch.float64), load_processor(path)
+    pixels = pack([tokenize_pair(r, processor) for r in rows]).pixel_inputs
+    calls = []
+    original = forward.image_features
+    monkeypatch.setattr(forward, "image_features", lambda m, p: calls.append(p) or original(m, p))
+    with torch.no_grad():
+        joined = forward.batch_image_features(model, pixels)
+        joined_calls, calls[:] = len(calls), []
+        apart = forward.batch_image_features(model, pixels, max_elements=1)
+    assert joined_calls < len(pixels) and len(calls) == len(pixels)  # a pair is never split, even when too big
+    torch.testing.assert_close(apart, joined, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["qwen3_vl"])
 def test_image_cache_changes_nothing(tiny_family, family, shapes_dir, tmp_path):

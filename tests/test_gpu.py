@@ -6,6 +6,10 @@ and memory limits are met with the messages the CPU tests promise (there with CU
 benchmarks/RESULTS.md records where these ran last.
 """
 
+import subprocess
+import sys
+import textwrap
+
 import pytest
 import torch
 from transformers import TrainerCallback
@@ -51,6 +55,27 @@ class _Hog:
     def release(self):
         self.blocks.clear()
         torch.cuda.empty_cache()
+
+
+class _OtherProcessHolds:
+    """Another process holds GPU memory so that only `leave_gib` stays free, as on a card a desktop shares.
+    (Memory this process's PyTorch reserves counts as available to the planner, so a hog here would not.)"""
+
+    def __init__(self, leave_gib: float):
+        code = textwrap.dedent(f"""
+            import sys, torch
+            free, _ = torch.cuda.mem_get_info()
+            block = torch.empty(max(0, free - int({leave_gib} * 2**30)), dtype=torch.uint8, device="cuda")
+            print("ready", flush=True)
+            sys.stdin.read()
+        """)
+        self.process = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        text=True)
+        assert self.process.stdout.readline().strip() == "ready"
+
+    def release(self):
+        self.process.stdin.close()
+        self.process.wait(timeout=60)
 
 
 def test_fast_engine_equals_trl_on_cuda_in_float32(tiny_model_dir, shapes_dir, tmp_path, exact_float32):
@@ -104,7 +129,7 @@ def test_too_little_free_gpu_memory_stops_before_loading(tiny_model_dir, shapes_
     processor = load_processor(str(tiny_model_dir))
     rows = load_preference_data(str(shapes_dir), "train[:4]", num_proc=1).dataset
     cfg = TrainConfig(model="smolvlm-2.2b", quantization="none", report_to=["none"])
-    hog = _Hog(leave_gib=1.0)
+    hog = _OtherProcessHolds(leave_gib=1.0)
     try:
         with pytest.raises(VlmprefError) as caught:
             check_memory(cfg, rows, processor, torch.device("cuda"))

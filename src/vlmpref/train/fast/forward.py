@@ -74,9 +74,26 @@ def _concat_pixels(parts: list[dict]) -> list[dict]:
     return [joined]
 
 
-def batch_image_features(model, pixel_inputs: list[dict]) -> torch.Tensor:
-    """Image features of several pairs, in order, with as few vision-tower calls as their shapes allow."""
-    return torch.cat([image_features(model, p) for p in _concat_pixels(pixel_inputs)])
+# Pixel values per vision-tower call (~21 tiles of 512x512, ~2 Qwen images of 1,000x1,000). Joining every pair of
+# a batch in one call is fastest, but without a bound the one-time pass of 16 pairs of 13-tile images took 2.4 GiB
+# in one MLP activation on the H200 (SmolVLM 256M, benchmarks/RESULTS.md run 9) and ran out of memory under a
+# 12 GiB cap. Images are encoded independently, so the split changes no number.
+VISION_CALL_ELEMENTS = 1 << 24
+
+
+def batch_image_features(model, pixel_inputs: list[dict], max_elements: int = VISION_CALL_ELEMENTS) -> torch.Tensor:
+    """Image features of several pairs, in order, with as few vision-tower calls as their shapes and
+    `max_elements` pixel values per call allow (a pair is never split)."""
+    calls, group, size = [], [], 0
+    for part in (p for p in pixel_inputs if p):
+        n = part["pixel_values"].numel()
+        if group and size + n > max_elements:
+            calls += _concat_pixels(group)
+            group, size = [], 0
+        group.append(part)
+        size += n
+    calls += _concat_pixels(group) if group else []
+    return torch.cat([image_features(model, p) for p in calls])
 
 
 @dataclass
