@@ -52,6 +52,8 @@ def _cmd_train(cfg):
 
         callbacks = [HeldOutEvalCallback()]  # held-out metrics to eval_log.jsonl and TensorBoard
     result = train(cfg, callbacks=callbacks)
+    if not result.main:  # another process of a data-parallel run: the main one reports
+        return
     if result.interrupted:  # a clean stop on SIGINT/SIGTERM: exit 0, say how to continue
         print(interrupted_line(result.summary, result.output_dir, result.checkpoint))
         return
@@ -281,6 +283,37 @@ def _quiet_libraries():
         pass
 
 
+def _report_in_one_of_several_processes(exc: VlmprefError) -> int:
+    """A user error under accelerate launch / torchrun: said once, by the main process, when every process met it
+    (the launcher stops the others as soon as one exits, so the main process must not be the last to speak)."""
+    import time
+
+    import torch
+
+    from vlmpref.train.processes import ReportedByMain, finish_together
+
+    rank = os.environ.get("RANK", "0")
+    grouped = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if isinstance(exc, ReportedByMain):  # the main process printed it
+        finish_together()
+    elif getattr(exc, "everywhere", False):
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        finish_together()
+    elif not grouped:  # before the processes met (options, config): the same in every one of them
+        if rank == "0":
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+        else:
+            time.sleep(10)  # the main process exits first and the launcher then stops this one
+    else:  # this process's own problem (its GPU's memory, say)
+        print(f"error (process {rank}): {exc}", file=sys.stderr, flush=True)
+    return 2
+
+
+def launched_processes() -> int:
+    """Processes started by accelerate launch / torchrun (1 without a launcher); see train/processes.py."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = config_io.normalize_flags(sys.argv[1:] if argv is None else list(argv))
     _quiet_libraries()
@@ -303,8 +336,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_io.resolve(command.config(), flags=args, yaml_path=yaml_path)
         command.run(cfg)
     except VlmprefError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        if launched_processes() == 1:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        return _report_in_one_of_several_processes(exc)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
