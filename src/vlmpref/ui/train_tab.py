@@ -30,7 +30,7 @@ def stop_jobs() -> None:
 def train_tab(cfg: UIConfig, folders: Folders, found):
     from vlmpref.config import PRESETS
     from vlmpref.demo import demo_base_path
-    from vlmpref.models.gpus import GPUS
+    from vlmpref.plan.gpus import GPUS
     from vlmpref.train.config import LOSS_TYPES
     from vlmpref.ui.training import TrainJob, curves, estimate_text, plan_run, rejected_image, rejected_rows, \
         resume_argv

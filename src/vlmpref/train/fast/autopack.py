@@ -2,7 +2,7 @@
 
 The run's settings come from what was actually built (quantization, adapted modules, DoRA, the image cache,
 the processor's tiling) and from a sample of the data (largest image, longest prompt and answer); the
-estimate is `vlmpref estimate`'s (models/estimate.py), and the choice `plan_packing`'s.
+estimate is `vlmpref estimate`'s (plan/estimate.py), and the choice `plan_packing`'s.
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from __future__ import annotations
 import psutil
 import torch
 
-from vlmpref.models.estimate import PackingPlan, RunSettings, plan_packing
-from vlmpref.models.shapes import describe_model
-from vlmpref.train.memory import measured_settings, memory_budget
+from vlmpref.plan.estimate import PackingPlan, RunSettings, plan_packing
+from vlmpref.plan.memory import measured_settings, memory_budget
+from vlmpref.plan.shapes import describe_model
 
 
 def adapted_modules(model) -> tuple[tuple[str, ...], bool]:
@@ -36,11 +36,11 @@ def model_settings(model, args, cached_images: bool) -> RunSettings:
     peft_config = next(iter(getattr(model, "peft_config", {}).values()), None)
     return RunSettings(
         quantization=quantization, use_dora=bool(getattr(peft_config, "use_dora", False)),
-        lora_r=int(getattr(peft_config, "r", 8)), lora_target_modules=targets or ("q_proj",),
-        lora_scope="all" if vision else "language", batch_size=1,
+        lora_r=int(getattr(peft_config, "r", 8)), lora_target_modules=list(targets or ("q_proj",)),
+        lora_scope="all" if vision else "language", per_device_train_batch_size=1,
         gradient_accumulation_steps=args.per_device_train_batch_size * args.gradient_accumulation_steps,
         gradient_checkpointing=bool(args.gradient_checkpointing), engine="fast",
-        image_cache="on" if cached_images else "off", epochs=float(args.num_train_epochs))
+        image_cache="on" if cached_images else "off", num_train_epochs=float(args.num_train_epochs))
 
 
 CPU_SHARE = 0.5  # of the free system memory, on a CPU: the data, the loader's workers and the OS need the rest
