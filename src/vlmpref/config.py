@@ -26,6 +26,9 @@ from vlmpref.errors import VlmprefError
 
 # A count that vlmpref can also choose itself: `--pairs-per-forward 4` or `--pairs-per-forward auto`
 IntOrAuto = typing.Union[int, Literal["auto"]]
+# Choices shared by several commands, declared here (a light module every config imports) so each `--help` lists them
+Quantization = Literal["none", "8bit", "4bit"]  # base weights: bf16, bitsandbytes LLM.int8() or NF4
+LoraScope = Literal["all", "language"]  # adapters on every target module, or on the language model only
 
 
 def _unwrap_optional(tp: Any) -> tuple[Any, bool]:

@@ -10,10 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-from vlmpref.config import IntOrAuto
+from vlmpref.config import IntOrAuto, LoraScope, Quantization
 from vlmpref.errors import VlmprefError
-from vlmpref.models.adapters import GUIDE_TARGET_MODULES, LoraScope
-from vlmpref.models.loading import Quantization
+from vlmpref.models.adapters import GUIDE_TARGET_MODULES
 
 Engine = Literal["fast", "trl"]
 ImageCache = Literal["auto", "on", "off"]
