@@ -135,9 +135,20 @@ def _signal_at_step(monkeypatch, signum, step):
     monkeypatch.setattr(StopOnSignal, "on_step_end", on_step_end)
 
 
+@pytest.fixture
+def own_handlers():
+    """SIGINT and SIGTERM set to handlers of the test's own, whatever the suite inherited (a shell running it in
+    the background ignores SIGINT), so a test can check the run puts back what it found; restored afterwards."""
+    mine = {s: (lambda signum, frame: None) for s in (signal.SIGINT, signal.SIGTERM)}
+    inherited = {s: signal.signal(s, handler) for s, handler in mine.items()}
+    yield mine
+    for s, handler in inherited.items():
+        signal.signal(s, handler)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_signal_finishes_the_step_saves_a_checkpoint_and_exits_0(tiny_model_dir, shapes_dir, tmp_path, capsys,
-                                                                 monkeypatch, signum):
+                                                                 monkeypatch, own_handlers, signum):
     out = tmp_path / "run"
     argv = _args(tiny_model_dir, shapes_dir, out, steps=4)
     argv[argv.index("--save-steps") + 1] = "100"  # the only checkpoint is the one the signal asks for
@@ -150,7 +161,7 @@ def test_signal_finishes_the_step_saves_a_checkpoint_and_exits_0(tiny_model_dir,
     assert f"{name} received: finishing this step and saving a checkpoint" in printed.err
     assert last_checkpoint(out) == out / "checkpoint-2"
     assert not (out / "adapter_model.safetensors").exists()  # the run is not finished
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers put back
+    assert all(signal.getsignal(s) is handler for s, handler in own_handlers.items())  # handlers put back
     if signum == signal.SIGINT:
         monkeypatch.undo()
         assert main(["train", "--resume", str(out), "--logging-steps", "2"]) == 0
