@@ -87,8 +87,11 @@ def _peft_pair(path, scope="all", dtype=torch.float64, seed=0):
     return peft_model
 
 
-@pytest.mark.parametrize("losses", [["sigmoid"], ["ipo"], ["hinge"], ["sigmoid", "sft"], ["robust"],
-                                    ["sigmoid_norm"], ["apo_zero"], ["apo_down"]])
+# sigmoid + sft (summed and per-token log-probs) by default; each other loss, 15-40 s apiece, in the slow set
+# (every loss is also checked against TRL's on the same batch below, and against hand-computed values)
+@pytest.mark.parametrize("losses", [["sigmoid", "sft"]] + [
+    pytest.param(losses, marks=pytest.mark.slow) for losses in (["sigmoid"], ["ipo"], ["hinge"], ["robust"],
+                                                               ["sigmoid_norm"], ["apo_zero"], ["apo_down"])])
 def test_loss_and_gradients_equal_duplicated_in_float64(tiny_model_dir, rows, losses):
     path = str(tiny_model_dir)
     processor = load_processor(path)

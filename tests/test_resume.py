@@ -54,6 +54,7 @@ def _steps(summary):
     return {h["step"]: tuple(h[k] for k in keys) for h in summary["log_history"] if "loss" in h}
 
 
+@pytest.mark.slow  # several runs killed and resumed, ~25 s on 2 cores
 def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tiny_model_dir, shapes_dir, tmp_path):
     seed = int(os.environ.get("VLMPREF_KILL_SEED", random.randrange(10**6)))
     rng = random.Random(seed)
