@@ -31,7 +31,7 @@ import re
 from dataclasses import dataclass, field
 
 from vlmpref.errors import VlmprefError
-from vlmpref.plan.gpus import Gpu, find_gpu, generic_gpu
+from vlmpref.plan.gpus import Gpu, find_gpu
 from vlmpref.plan.options import RunOptions
 from vlmpref.plan.shapes import ImageTokens, ModelShape, describe_model, image_tokens
 
@@ -428,49 +428,6 @@ def estimate(model: str | ModelShape, settings: RunSettings, gpu: str | Gpu = "h
     return Estimate(shape=shape, settings=settings, gpu=gpu, image=image,
                     sequence_tokens=sequence_tokens(shape, settings, image), trainable_params=lora + magnitude,
                     memory=memory, flops_per_pair=flops, seconds_per_pair=per_pair, bound=bound, notes=notes)
-
-
-# ---- packing: how many pairs per forward fit a memory budget
-
-PACKING_MARGIN = 0.15  # the estimate's error band against measured peaks (benchmarks/ESTIMATE_VS_MEASURED.md)
-
-
-@dataclass
-class PackingPlan:
-    """The fast engine's pairs per forward, chosen for a memory budget, and why."""
-
-    pairs_per_forward: int
-    budget_gib: float
-    needed_gib: dict[int, float]  # estimated peak reserved GiB per candidate packing
-    reason: str
-
-    def as_dict(self) -> dict:
-        return {"pairs_per_forward": self.pairs_per_forward, "budget_gib": self.budget_gib,
-                "margin": PACKING_MARGIN, "estimated_gib": {str(k): round(v, 2) for k, v in self.needed_gib.items()},
-                "reason": self.reason}
-
-
-def divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
-
-
-def plan_packing(shape: ModelShape, settings: RunSettings, effective_batch: int, budget_gib: float,
-                 where: str = "the GPU") -> PackingPlan:
-    """The largest number of pairs per forward that divides `effective_batch` and whose estimated peak, plus
-    PACKING_MARGIN, fits `budget_gib` of free memory on `where`."""
-    candidates = divisors(effective_batch)
-    needed = {d: estimate(shape, dataclasses.replace(settings, engine="fast", pairs_per_forward=d), generic_gpu(
-        budget_gib)).memory.reserved_gib for d in candidates}
-    fitting = [d for d in candidates if needed[d] * (1 + PACKING_MARGIN) <= budget_gib]
-    chosen = max(fitting) if fitting else 1
-    larger = [d for d in candidates if d > chosen]
-    why = (f"estimated {needed[chosen]:.1f} GiB + {PACKING_MARGIN:.0%} margin fits the {budget_gib:.1f} GiB free on "
-           f"{where}" if fitting else f"even 1 pair is estimated at {needed[1]:.1f} GiB of {budget_gib:.1f} GiB free "
-           f"on {where}; trying it anyway")
-    if fitting and larger:
-        why += f"; {larger[0]} would need {needed[larger[0]]:.1f} GiB"
-    return PackingPlan(chosen, budget_gib, needed, f"{chosen} pair(s) per forward (auto, out of "
-                       f"{', '.join(map(str, candidates))}: {why})")
 
 
 def _check(settings: RunSettings) -> None:

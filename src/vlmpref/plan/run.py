@@ -20,8 +20,8 @@ from rich.console import Console
 from rich.table import Table
 
 from vlmpref.errors import VlmprefError
-from vlmpref.plan.estimate import (CALIBRATION, Estimate, RunSettings, estimate, parse_image_size, plan_packing,
-                                   run_settings)
+from vlmpref.plan.autopack import plan_packing
+from vlmpref.plan.estimate import CALIBRATION, Estimate, RunSettings, estimate, parse_image_size, run_settings
 from vlmpref.plan.gpus import GPUS, Gpu, find_gpu, local_gpu
 from vlmpref.plan.options import RunOptions
 from vlmpref.plan.presets import preset_that_fits

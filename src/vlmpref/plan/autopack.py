@@ -1,18 +1,66 @@
-"""`pairs_per_forward="auto"`: as many pairs per forward as the memory budget holds, read off the loaded model.
+"""`pairs_per_forward="auto"`: as many pairs per forward as the memory budget holds.
 
-The run's settings come from what was actually built (quantization, adapted modules, DoRA, the image cache,
-the processor's tiling) and from a sample of the data (largest image, longest prompt and answer); the
-estimate is `vlmpref estimate`'s (plan/estimate.py), and the choice `plan_packing`'s.
+`plan_packing` chooses for a model shape and settings (`vlmpref estimate` asks it per card); `plan` reads
+them off the loaded model the fast engine trains (quantization, adapted modules, DoRA, the image cache, the
+processor's tiling) and a sample of the data (largest image, longest prompt and answer).
 """
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
+
 import psutil
 import torch
 
-from vlmpref.plan.estimate import PackingPlan, RunSettings, plan_packing
+from vlmpref.plan.estimate import RunSettings, estimate
+from vlmpref.plan.gpus import generic_gpu
 from vlmpref.plan.memory import measured_settings, memory_budget
-from vlmpref.plan.shapes import describe_model
+from vlmpref.plan.shapes import ModelShape, describe_model
+
+
+PACKING_MARGIN = 0.15  # the estimate's error band against measured peaks (benchmarks/ESTIMATE_VS_MEASURED.md)
+
+
+@dataclass
+class PackingPlan:
+    """The fast engine's pairs per forward, chosen for a memory budget, and why."""
+
+    pairs_per_forward: int
+    budget_gib: float
+    needed_gib: dict[int, float]  # estimated peak reserved GiB per candidate packing
+    reason: str
+
+    def as_dict(self) -> dict:
+        return {"pairs_per_forward": self.pairs_per_forward, "budget_gib": self.budget_gib,
+                "margin": PACKING_MARGIN, "estimated_gib": {str(k): round(v, 2) for k, v in self.needed_gib.items()},
+                "reason": self.reason}
+
+
+def divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def plan_packing(shape: ModelShape, settings: RunSettings, effective_batch: int, budget_gib: float,
+                 where: str = "the GPU") -> PackingPlan:
+    """The largest number of pairs per forward that divides `effective_batch` and whose estimated peak, plus
+    PACKING_MARGIN, fits `budget_gib` of free memory on `where`."""
+    candidates = divisors(effective_batch)
+    needed = {d: estimate(shape, dataclasses.replace(settings, engine="fast", pairs_per_forward=d), generic_gpu(
+        budget_gib)).memory.reserved_gib for d in candidates}
+    fitting = [d for d in candidates if needed[d] * (1 + PACKING_MARGIN) <= budget_gib]
+    chosen = max(fitting) if fitting else 1
+    larger = [d for d in candidates if d > chosen]
+    why = (f"estimated {needed[chosen]:.1f} GiB + {PACKING_MARGIN:.0%} margin fits the {budget_gib:.1f} GiB free on "
+           f"{where}" if fitting else f"even 1 pair is estimated at {needed[1]:.1f} GiB of {budget_gib:.1f} GiB free "
+           f"on {where}; trying it anyway")
+    if fitting and larger:
+        why += f"; {larger[0]} would need {needed[larger[0]]:.1f} GiB"
+    return PackingPlan(chosen, budget_gib, needed, f"{chosen} pair(s) per forward (auto, out of "
+                       f"{', '.join(map(str, candidates))}: {why})")
+
+
+# ---- the loaded model
 
 
 def adapted_modules(model) -> tuple[tuple[str, ...], bool]:
