@@ -94,6 +94,8 @@ def test_image_tiles_and_tokens_follow_the_processor(name, size, edge):
     inputs = processor(text=[text], images=[[Image.new("RGB", size)]], return_tensors="pt")
     predicted = image_tokens(describe_model(name), *size, longest_edge=edge)
     assert predicted.tiles == inputs["pixel_values"].shape[1]
+    # the loaded processor, where one is at hand, tiles the same
+    assert image_tokens(describe_model(name), *size, edge, image_processor=processor.image_processor) == predicted
     # tokenizers that merge "\n\n" give exactly this count; vlmpref's small test tokenizer makes one more
     assert inputs["input_ids"].shape[1] - without_image - predicted.tokens in (0, 1)
 
