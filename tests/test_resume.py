@@ -147,7 +147,8 @@ def own_handlers():
         signal.signal(s, handler)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+# SIGINT (then resumed) by default; SIGTERM, the same path for another signal, in the slow set
+@pytest.mark.parametrize("signum", [signal.SIGINT, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)])
 def test_signal_finishes_the_step_saves_a_checkpoint_and_exits_0(tiny_model_dir, shapes_dir, tmp_path, capsys,
                                                                  monkeypatch, own_handlers, signum):
     out = tmp_path / "run"
