@@ -49,6 +49,7 @@ def test_dpo_benchmark_smoke(tmp_path):
     assert "pairs/s x" in result.stdout
 
 
+@pytest.mark.slow  # a subprocess; the estimates it tabulates are checked in-process by test_estimate.py's H200 rows
 def test_memory_calibration_compares_a_benchmark_report():
     """--compare turns a bench_dpo.py report into ESTIMATE_VS_MEASURED.md's rows (here section 1, rows 15-17)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
