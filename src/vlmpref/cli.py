@@ -138,7 +138,7 @@ def _cmd_tiny_model(cfg):
 
 
 def _cmd_estimate(cfg):
-    from vlmpref.train.plan import run_estimate
+    from vlmpref.plan.run import run_estimate
 
     run_estimate(cfg)
 
@@ -168,6 +168,7 @@ class Command:
     config: Callable[[], type]  # imported lazily so `vlmpref --help` stays quick
     run: Callable
     help: str
+    reads_yaml_of: Callable[[], type] | None = None  # another command's config, whose YAML keys it reads past
 
 
 def _cls(module: str, name: str) -> Callable[[], type]:
@@ -200,8 +201,9 @@ COMMANDS: dict[str, Command] = {
                               "Write the shapes world (train and disjoint test splits) with save_to_disk."),
     "tiny-model": Command(_cls("vlmpref.models.tiny", "TinyModelConfig"), _cmd_tiny_model,
                           "Write a tiny random VLM and its processor, offline, in seconds."),
-    "estimate": Command(_cls("vlmpref.train.plan", "EstimateConfig"), _cmd_estimate,
-                        "Will a training run fit a GPU, and how long will it take? Memory breakdown and time."),
+    "estimate": Command(_cls("vlmpref.plan.run", "EstimateConfig"), _cmd_estimate,
+                        "Will a training run fit a GPU, and how long will it take? Memory breakdown and time.",
+                        reads_yaml_of=_cls("vlmpref.train.config", "TrainConfig")),
     "merge": Command(_cls("vlmpref.models.merge", "MergeConfig"), _cmd_merge,
                      "Merge an adapter into its base and write a plain transformers checkpoint."),
     "chat": Command(_cls("vlmpref.generate.chat", "ChatConfig"), _cmd_chat,
@@ -333,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     command = COMMANDS[name]
     try:
         yaml_path = args.pop("config", None)
-        cfg = config_io.resolve(command.config(), flags=args, yaml_path=yaml_path)
+        borrowed = command.reads_yaml_of() if command.reads_yaml_of else None
+        cfg = config_io.resolve(command.config(), flags=args, yaml_path=yaml_path, borrowed_from=borrowed)
         command.run(cfg)
     except VlmprefError as exc:
         if launched_processes() == 1:

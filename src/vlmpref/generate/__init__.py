@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from vlmpref.config import Quantization
 from vlmpref.errors import VlmprefError
 from vlmpref.generate.answer import generate_batch, generate_rows, model_dtype, prompt_text, user_prompt
 
@@ -33,7 +34,7 @@ class GenerateConfig:
     output_dir: Optional[str] = field(default=None, metadata={
         "help": "Folder for generations.jsonl when answering a dataset."})
     config: Optional[str] = field(default=None, metadata={"help": "YAML file with these options; flags override it."})
-    quantization: str = field(default="none", metadata={"help": "Load the base model as none, 8bit or 4bit."})
+    quantization: Quantization = field(default="none", metadata={"help": "Load the base model as none, 8bit or 4bit."})
     max_new_tokens: int = field(default=64, metadata={"help": "Longest answer, in tokens."})
     batch_size: int = field(default=16, metadata={"help": "Rows answered together."})
     do_sample: bool = field(default=False, metadata={"help": "Sample instead of greedy decoding."})

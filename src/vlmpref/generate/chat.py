@@ -20,6 +20,7 @@ from typing import Iterator, Optional, TextIO
 
 from PIL import Image
 
+from vlmpref.config import Quantization
 from vlmpref.errors import VlmprefError
 from vlmpref.generate.answer import model_device, model_dtype, processor_inputs
 
@@ -34,7 +35,7 @@ class ChatConfig:
     adapter: Optional[str] = field(default=None, metadata={"help": "PEFT adapter folder to apply (from vlmpref train)."})
     image: Optional[list[str]] = field(default=None, metadata={
         "help": "Image file(s) to talk about; /image PATH switches them during the chat."})
-    quantization: str = field(default="none", metadata={"help": "Load the base model as none, 8bit or 4bit."})
+    quantization: Quantization = field(default="none", metadata={"help": "Load the base model as none, 8bit or 4bit."})
     max_new_tokens: int = field(default=256, metadata={"help": "Longest answer, in tokens."})
     do_sample: bool = field(default=False, metadata={"help": "Sample instead of greedy decoding."})
     temperature: float = field(default=0.7, metadata={"help": "Sampling temperature (with --do-sample)."})

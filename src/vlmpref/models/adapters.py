@@ -8,13 +8,12 @@ model only; the vision tower and connector stay frozen, which lets the fast engi
 from __future__ import annotations
 
 import re
-from typing import Literal
 
 from peft import LoraConfig
 
+from vlmpref.config import LoraScope
 from vlmpref.errors import VlmprefError
 
-LoraScope = Literal["all", "language"]
 GUIDE_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 

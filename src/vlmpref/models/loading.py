@@ -11,14 +11,12 @@ import contextlib
 import importlib.util
 import os
 from pathlib import Path
-from typing import Literal
 
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor, BitsAndBytesConfig
 
+from vlmpref.config import Quantization
 from vlmpref.errors import VlmprefError
-
-Quantization = Literal["none", "8bit", "4bit"]
 
 
 ALLOC_CONF = "PYTORCH_CUDA_ALLOC_CONF"

@@ -25,14 +25,14 @@ from vlmpref.data import PreferenceData, load_preference_data
 from vlmpref.errors import VlmprefError
 from vlmpref.models import load_model, load_processor, lora_config
 from vlmpref.models.loading import default_device, prefer_expandable_segments, supports_bf16
-from vlmpref.models.shapes import set_image_longest_edge
+from vlmpref.plan.shapes import set_image_longest_edge
 from vlmpref.config import describe_preset
 from vlmpref.train.checkpoints import last_checkpoint, remove_partial_checkpoints
 from vlmpref.train.config import CONFIG_NAME, TrainConfig
 from vlmpref.train.engines import TrlEngine, make_trainer
 from vlmpref.train.guards import NonFiniteLoss, StopOnSignal, stop_on_signals
 from vlmpref.train.lengths import apply_length_policy
-from vlmpref.train.memory import check_memory, out_of_memory_error
+from vlmpref.plan.memory import check_memory, out_of_memory_error
 from vlmpref.train.processes import Processes
 from vlmpref.train.resume import check_resumable, resume_line
 from vlmpref.train.train_log import TRAIN_LOG, JsonlLog

@@ -40,7 +40,8 @@ from trl import DPOConfig, DPOTrainer
 from trl.trainer.utils import use_adapter
 
 from vlmpref.data.normalize import trl_example
-from vlmpref.train.fast import autopack, dora, forward
+from vlmpref.plan import autopack
+from vlmpref.train.fast import dora, forward
 from vlmpref.train.fast.caches import ImageFeatureCache, ReferenceLogps, images_key, model_fingerprint
 from vlmpref.train.fast.forward import batch_image_features, packed_logps
 from vlmpref.train.fast.losses import LOSS_TYPES, LossInputs, combined_loss
