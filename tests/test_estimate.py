@@ -230,6 +230,27 @@ def test_cli_estimate_takes_pairs_per_forward(capsys):
     assert report["reserved_gib"] == round(expected.memory.reserved_gib, 3)
 
 
+def test_estimate_on_several_gpus_is_per_gpu_memory_and_shared_time(capsys):
+    """--num-gpus N: each GPU runs 1/N of the accumulation steps (its memory is the one-GPU estimate of that share),
+    and the epoch takes 1/N of the one-GPU time plus one gradient all-reduce per optimizer step."""
+    from vlmpref.plan.run import ALLREDUCE_GBS
+
+    flags = ["estimate", "--model", "smolvlm-2.2b", "--gpu", "rtx-4090", "--gradient-accumulation-steps", "32",
+             "--pairs", "6400", "--as-json"]
+    assert main(flags) == 0
+    one = json.loads(capsys.readouterr().out)
+    assert main(flags + ["--num-gpus", "2"]) == 0
+    two = json.loads(capsys.readouterr().out)
+    assert two["settings"]["gradient_accumulation_steps"] == 16 and two["gpus"][0]["num_gpus"] == 2
+    assert two["reserved_gib"] == one["reserved_gib"]  # packing divides each process's share: same forward
+    steps = 6400 / 32
+    allreduce = 2 * (2 - 1) / 2 * two["trainable_params"] * 4 / (ALLREDUCE_GBS * 1e9)
+    hours = (one["gpus"][0]["epoch_hours"] * 3600 / 2 + steps * allreduce) / 3600
+    assert two["gpus"][0]["epoch_hours"] == pytest.approx(hours, abs=0.01)
+    assert main(flags + ["--num-gpus", "3"]) == 2
+    assert "--gradient-accumulation-steps 32 cannot be shared by 3 GPUs" in capsys.readouterr().err
+
+
 def test_cli_estimate_reads_a_train_config(capsys):
     assert main(["estimate", "--config", "configs/smolvlm-instruct/dpo-guide.yaml", "--gpu", "12gb",
                  "--as-json"]) == 0

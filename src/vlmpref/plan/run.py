@@ -51,6 +51,8 @@ class EstimateConfig(RunOptions):
     answer_tokens: int = field(default=120, metadata={
         "help": "Tokens of the longer answer of a pair (about 1.3 per English word)."})
     pairs: int = field(default=5000, metadata={"help": "Preference pairs per epoch, for the time estimate."})
+    num_gpus: int = field(default=1, metadata={
+        "help": "GPUs of a data-parallel run (accelerate launch / torchrun): memory per GPU, wall time on all of them."})
     list_gpus: bool = field(default=False, metadata={"help": "List the GPUs the estimate knows and exit."})
     as_json: bool = field(default=False, metadata={"help": "Print the estimate as JSON."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow the model's own config code to run."})
@@ -59,11 +61,36 @@ class EstimateConfig(RunOptions):
         self.check_run_options()
         if self.pairs <= 0:
             raise VlmprefError(f"--pairs must be positive, not {self.pairs}.")
+        if self.num_gpus < 1:
+            raise VlmprefError(f"--num-gpus must be 1 or more, not {self.num_gpus}.")
+        if self.gradient_accumulation_steps % self.num_gpus:
+            raise VlmprefError(f"--gradient-accumulation-steps {self.gradient_accumulation_steps} cannot be shared by "
+                               f"{self.num_gpus} GPUs (each process takes an equal part of it); use a multiple of "
+                               f"{self.num_gpus}.")
 
     def settings(self) -> RunSettings:
+        """What one GPU's process runs: with --num-gpus N, its share (1/N) of the accumulation steps."""
         width, height = parse_image_size(self.image_size)
-        return run_settings(self, image_width=width, image_height=height, prompt_tokens=self.prompt_tokens,
-                            answer_tokens=self.answer_tokens)
+        settings = run_settings(self, image_width=width, image_height=height, prompt_tokens=self.prompt_tokens,
+                                answer_tokens=self.answer_tokens)
+        return dataclasses.replace(settings, gradient_accumulation_steps=self.gradient_accumulation_steps // self.num_gpus)
+
+
+# Data parallel: one all-reduce of the adapters' gradients per optimizer step. Assumed link: PCIe 4.0 x16 as a
+# ring all-reduce sees it (~20 GB/s); NVLink is faster. Scaling itself is not measured yet (benchmarks/RESULTS.md).
+ALLREDUCE_GBS = 20.0
+
+
+def epoch_seconds(est: Estimate, cfg: EstimateConfig) -> float:
+    """Wall time of one epoch on `cfg.num_gpus` GPUs: each takes 1/N of the pairs at the one-GPU rate, plus the
+    gradient all-reduce of each optimizer step (a ring moves 2 (N-1)/N of the gradient bytes)."""
+    pairs_per_gpu = cfg.pairs / cfg.num_gpus
+    if cfg.num_gpus == 1:
+        return est.epoch_seconds(cfg.pairs)
+    steps = cfg.pairs / (cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps)
+    gradient_bytes = est.trainable_params * 4  # float32 (QLoRA's bf16 adapters send half: this errs long)
+    allreduce = 2 * (cfg.num_gpus - 1) / cfg.num_gpus * gradient_bytes / (ALLREDUCE_GBS * 1e9)
+    return est.epoch_seconds(pairs_per_gpu) + steps * allreduce
 
 
 def with_auto_packing(shape: ModelShape, settings: RunSettings, gpu: Gpu) -> tuple[RunSettings, str | None]:
@@ -136,6 +163,10 @@ def _settings_lines(est: Estimate, cfg: EstimateConfig) -> list[str]:
 def _print_estimate(console: Console, est: Estimate, cfg: EstimateConfig) -> None:
     for line in _settings_lines(est, cfg):
         console.print(line, soft_wrap=True)
+    if cfg.num_gpus > 1:
+        console.print(f"data parallel on {cfg.num_gpus} GPUs: each process runs {cfg.gradient_accumulation_steps // cfg.num_gpus}"
+                      f" of the {cfg.gradient_accumulation_steps} accumulation steps; the memory below is per GPU",
+                      soft_wrap=True)
     table = Table(title="Peak GPU memory", title_justify="left", caption=f"peak during {est.memory.peak_phase}",
                   caption_justify="left")
     table.add_column("")
@@ -150,9 +181,11 @@ def _print_estimate(console: Console, est: Estimate, cfg: EstimateConfig) -> Non
 
 
 def _time_line(est: Estimate, cfg: EstimateConfig) -> str:
-    epoch = est.epoch_seconds(cfg.pairs)
-    return (f"~{est.seconds_per_pair:.2f} s/pair ({est.bound}): {cfg.pairs:,} pairs -> {_hours(epoch)} per epoch, "
-            f"{_hours(epoch * cfg.num_train_epochs)} for {cfg.num_train_epochs:g} epochs")
+    epoch = epoch_seconds(est, cfg)
+    where = (f" on {cfg.num_gpus} GPUs (each its 1/{cfg.num_gpus} of the pairs, plus one gradient all-reduce per "
+             f"step at ~{ALLREDUCE_GBS:g} GB/s; scaling assumed, not measured)" if cfg.num_gpus > 1 else "")
+    return (f"~{est.seconds_per_pair:.2f} s/pair per GPU ({est.bound}): {cfg.pairs:,} pairs -> {_hours(epoch)} per "
+            f"epoch{where}, {_hours(epoch * cfg.num_train_epochs)} for {cfg.num_train_epochs:g} epochs")
 
 
 def _print_verdict(console: Console, est: Estimate, cfg: EstimateConfig, suggestion) -> None:
@@ -171,13 +204,14 @@ def _print_verdict(console: Console, est: Estimate, cfg: EstimateConfig, suggest
 
 
 def _print_table(console: Console, estimates: list[Estimate], cfg: EstimateConfig) -> None:
-    table = Table(title=f"On common GPUs ({cfg.pairs:,} pairs per epoch)", title_justify="left")
+    gpus = f", {cfg.num_gpus} of each" if cfg.num_gpus > 1 else ""
+    table = Table(title=f"On common GPUs ({cfg.pairs:,} pairs per epoch{gpus})", title_justify="left")
     fast = estimates[0].settings.engine == "fast"
     for column in ("GPU", "memory GiB", "fits", "spare GiB", "s/pair", "per epoch") + (("pairs/forward",) if fast else ()):
         table.add_column(column, justify="left" if column in ("GPU", "fits") else "right")
     for est in estimates:
         table.add_row(est.gpu.name, f"{est.gpu.memory_gib:g}", "[green]yes[/]" if est.fits else "[red]no[/]",
-                      f"{est.free_gib:.1f}", f"{est.seconds_per_pair:.2f}", _hours(est.epoch_seconds(cfg.pairs)),
+                      f"{est.free_gib:.1f}", f"{est.seconds_per_pair:.2f}", _hours(epoch_seconds(est, cfg)),
                       *([str(est.settings.pairs_in_forward)] if fast else []))
     console.print(table)
     console.print("Pass --gpu NAME for one card and the preset that fits it.")
@@ -196,7 +230,7 @@ def _print_gpus(console: Console) -> None:
 def _gpu_dict(est: Estimate, cfg: EstimateConfig) -> dict:
     return {"gpu": est.gpu.name, "memory_gib": est.gpu.memory_gib, "fits": est.fits,
             "free_gib": round(est.free_gib, 2), "seconds_per_pair": round(est.seconds_per_pair, 3),
-            "epoch_hours": round(est.epoch_seconds(cfg.pairs) / 3600, 2),
+            "epoch_hours": round(epoch_seconds(est, cfg) / 3600, 2), "num_gpus": cfg.num_gpus,
             "pairs_per_forward": est.settings.pairs_in_forward if est.settings.engine == "fast" else None}
 
 
