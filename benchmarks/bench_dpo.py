@@ -296,7 +296,8 @@ def whole_command(model_dir: str, dataset, root: Path, pairs: int, cap: float | 
                "memory_cap_gib": cap, "engine": summary.get("engine"), "pairs_trained": summary.get("pairs_trained"),
                "pairs_per_forward": summary.get("pairs_per_forward"), "one_time_seconds": summary.get("one_time_seconds"),
                "train_seconds": summary.get("train_seconds"), "peak_memory_gib": summary.get("peak_memory_gib"),
-               "last_line": done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.stderr[-500:]}
+               "last_line": done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.stderr[-500:],
+               "stderr_tail": done.stderr[-3000:] if done.returncode else None}  # why it failed
         print(json.dumps(row), flush=True)
         out.append(row)
     trl = next((r for r in out if r["engine"] == "trl" and r["returncode"] == 0), None)
