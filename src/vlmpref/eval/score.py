@@ -155,7 +155,7 @@ def score_rows(chair: list[dict], pope: list[dict], vocabulary: str = "auto") ->
 def run_score(cfg: ScoreConfig) -> Path:
     """Score the answers file as `cfg` says and write the evaluation folder; returns its path."""
     from vlmpref.eval.evaluate import write_eval
-    from vlmpref.train.run import prepare_output_dir
+    from vlmpref.runs import prepare_output_dir
 
     started = time.time()
     coco = None

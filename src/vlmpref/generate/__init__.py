@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 from vlmpref.errors import VlmprefError
 from vlmpref.generate.answer import generate_batch, generate_rows, model_dtype, prompt_text, user_prompt
@@ -23,8 +23,10 @@ __all__ = ["GenerateConfig", "generate_batch", "generate_rows", "model_dtype", "
 class GenerateConfig:
     """Options of `vlmpref generate`."""
 
-    model: str = field(default="", metadata={"help": "Base model: Hub id or local folder."})
-    adapter: Optional[str] = field(default=None, metadata={"help": "PEFT adapter folder to apply (from vlmpref train)."})
+    model: Optional[str] = field(default=None, metadata={
+        "help": "Base model: Hub id or local folder; auto takes the one the --adapter was trained on."})
+    adapter: Optional[str] = field(default=None, metadata={
+        "help": "PEFT adapter folder to apply (from vlmpref train, or a checkpoint folder inside it)."})
     image: Optional[list[str]] = field(default=None, metadata={"help": "Image file(s) to ask about."})
     prompt: Optional[str] = field(default=None, metadata={"help": "The question to ask about --image."})
     dataset: Optional[str] = field(default=None, metadata={
@@ -33,7 +35,8 @@ class GenerateConfig:
     output_dir: Optional[str] = field(default=None, metadata={
         "help": "Folder for generations.jsonl when answering a dataset."})
     config: Optional[str] = field(default=None, metadata={"help": "YAML file with these options; flags override it."})
-    quantization: str = field(default="none", metadata={"help": "Load the base model as none, 8bit or 4bit."})
+    quantization: Optional[Literal["none", "8bit", "4bit"]] = field(default=None, metadata={
+        "help": "Load the base as none, 8bit or 4bit; auto uses the adapter's training setting, else none."})
     max_new_tokens: int = field(default=64, metadata={"help": "Longest answer, in tokens."})
     batch_size: int = field(default=16, metadata={"help": "Rows answered together."})
     do_sample: bool = field(default=False, metadata={"help": "Sample instead of greedy decoding."})
@@ -43,8 +46,9 @@ class GenerateConfig:
     allow_pickle: bool = field(default=False, metadata={"help": "Allow pickle (.bin) weights, which can run code."})
 
     def __post_init__(self):
-        if not self.model:
-            raise VlmprefError("No model given; pass --model with a Hub id or a local folder.")
+        if not self.model and not self.adapter:
+            raise VlmprefError("No model given; pass --model with a Hub id or a local folder, or --adapter with a "
+                               "folder written by vlmpref train.")
         if self.dataset is None and (not self.image or self.prompt is None):
             raise VlmprefError("Nothing to answer; pass --image and --prompt, or --dataset to answer a whole split.")
         if self.dataset is not None and self.output_dir is None:
@@ -62,29 +66,27 @@ def answer_text(messages: list[dict]) -> str:
     return " ".join(p["text"] for m in messages for p in m["content"] if p["type"] == "text" and p.get("text"))
 
 
-def _load(cfg: GenerateConfig):
-    from vlmpref.models import attach_adapter, load_model, load_processor
+def load_images(paths: list[str], flag: str = "--image") -> list:
+    """Images named on the command line, read relative to the current folder, in RGB; one-line errors."""
+    from vlmpref.data.images import ImageProblem, load_rgb
 
-    processor = load_processor(cfg.model, trust_remote_code=cfg.trust_remote_code)
-    model = load_model(cfg.model, quantization=cfg.quantization, trust_remote_code=cfg.trust_remote_code,
-                       allow_pickle=cfg.allow_pickle)
-    if cfg.adapter:
-        model = attach_adapter(model, cfg.adapter)
-    return model, processor
+    try:
+        return [load_rgb(path, base=Path.cwd(), allow_outside=True) for path in paths]
+    except ImageProblem as exc:
+        raise VlmprefError(f"Cannot use {flag}: {exc}.") from None
 
 
 def run_generate(cfg: GenerateConfig) -> list[str] | Path:
     """Answer one question (returns the answer list) or a dataset split (returns the jsonl path)."""
-    from vlmpref.data.images import ImageProblem, load_rgb
+    from vlmpref.models.inference import load_for_inference
 
-    model, processor = _load(cfg)
+    images = load_images(cfg.image) if cfg.dataset is None else None  # a bad path fails before the model loads
+    loaded = load_for_inference(cfg.model, cfg.adapter, cfg.quantization, trust_remote_code=cfg.trust_remote_code,
+                                allow_pickle=cfg.allow_pickle)
+    model, processor = loaded.model, loaded.processor
     gen = dict(max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample, temperature=cfg.temperature,
                top_p=cfg.top_p)
     if cfg.dataset is None:
-        try:
-            images = [load_rgb(path, allow_outside=True) for path in cfg.image]
-        except ImageProblem as exc:
-            raise VlmprefError(f"Cannot use --image: {exc}.") from None
         return generate_batch(model, processor, [user_prompt(cfg.prompt, len(images))], [images], **gen)
 
     from vlmpref.data import load_preference_data

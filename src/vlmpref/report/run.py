@@ -116,7 +116,7 @@ def compare_folders(before_dir: str | Path, after_dir: str | Path, out_dir: str 
 def run_compare(cfg: CompareConfig, console: Console | None = None) -> dict[str, Path]:
     """Compare as `cfg` says, print the table and write the report; returns the written files."""
     from vlmpref.eval.evaluate import read_eval
-    from vlmpref.train.run import prepare_output_dir
+    from vlmpref.runs import prepare_output_dir
 
     if cfg.before is not None:
         before_dir, after_dir = Path(cfg.before), Path(cfg.after)

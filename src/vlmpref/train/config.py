@@ -13,6 +13,7 @@ from vlmpref.config import IntOrAuto
 from vlmpref.data.images import DEFAULT_MAX_PIXELS
 from vlmpref.data.sources import default_split
 from vlmpref.errors import VlmprefError
+from vlmpref.runs import RUN_CONFIG
 from vlmpref.models.adapters import GUIDE_TARGET_MODULES, LoraScope
 from vlmpref.models.loading import Quantization
 from vlmpref.train.fast.losses import LOSS_TYPES as FAST_ENGINE_LOSSES
@@ -20,7 +21,7 @@ from vlmpref.train.fast.losses import LOSS_TYPES as FAST_ENGINE_LOSSES
 LOSS_TYPES = ("sigmoid", "ipo", "hinge", "sft", "robust", "sigmoid_norm", "apo_zero", "apo_down", "bco_pair",
               "nca_pair", "sppo_hard", "discopop")
 FAST_LOSS_TYPES = FAST_ENGINE_LOSSES
-CONFIG_NAME = "vlmpref_config.yaml"
+CONFIG_NAME = RUN_CONFIG
 # Options a resumed run may change: they do not change what is computed, only how it is logged, saved,
 # loaded or how much memory it takes (pairs per forward keep the effective batch)
 SAFE_ON_RESUME = ("logging_steps", "save_steps", "save_total_limit", "eval_steps", "report_to", "dataset_num_proc",

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -27,7 +26,8 @@ from vlmpref.models import load_model, load_processor, lora_config
 from vlmpref.models.loading import default_device, prefer_expandable_segments, supports_bf16
 from vlmpref.models.shapes import set_image_longest_edge
 from vlmpref.config import describe_preset
-from vlmpref.train.checkpoints import last_checkpoint, remove_partial_checkpoints
+from vlmpref.runs import prepare_output_dir
+from vlmpref.train.checkpoints import last_checkpoint
 from vlmpref.train.config import CONFIG_NAME, TrainConfig
 from vlmpref.train.engines import TrlEngine, make_trainer
 from vlmpref.train.guards import NonFiniteLoss, StopOnSignal, stop_on_signals
@@ -37,7 +37,11 @@ from vlmpref.train.resume import check_resumable, resume_line
 from vlmpref.train.train_log import TRAIN_LOG, JsonlLog
 
 # What a run writes besides the adapter and processor; --overwrite removes them so nothing mixes with the new run
-RUN_FILES = ("train_summary.json", "rejected_rows.jsonl", "rejected_rows_eval.jsonl", "eval_log.jsonl", TRAIN_LOG)
+# (the old run's checkpoints would otherwise be taken for this run's by --resume)
+RUN_FILES = ("checkpoint-*", ".checkpoint-*", "train_summary.json", "rejected_rows.jsonl", "rejected_rows_eval.jsonl",
+             "eval_log.jsonl", TRAIN_LOG)
+# Everything a run can leave before its first checkpoint: such a folder is started again without --overwrite
+EARLY_FILES = RUN_FILES + (CONFIG_NAME, "runs", "reference_logps.json", "image_features")
 
 
 @dataclass
@@ -51,24 +55,28 @@ class TrainResult:
     checkpoint: Path | None = None  # the last complete checkpoint
 
 
-def prepare_output_dir(path: str | Path, overwrite: bool) -> Path:
-    """Refuse to mix a new run into an existing one unless asked; with --overwrite, clear the old run's state."""
+def prepare_run_dir(path: str | Path, overwrite: bool) -> Path:
+    """The run's output folder: new, or cleared with --overwrite, or a failed run's to start again.
+
+    A run that stopped before its first checkpoint (a missing dataset, a bad split, too many rows set aside, no
+    network) has nothing to resume, so its folder is taken over as if empty; a folder holding anything else
+    (a checkpoint, an adapter, files of yours) still needs --overwrite or --resume.
+    """
     out = Path(path)
-    if out.exists() and not out.is_dir():
-        raise VlmprefError(f"--output-dir {out} is a file; choose a folder.")
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            hint = f", or continue that run with `{resume_line(out)}`" if (out / CONFIG_NAME).is_file() else ""
-            raise VlmprefError(f"Output folder {out} is not empty; choose another --output-dir or pass "
-                               f"--overwrite{hint}.")
-        # the old run's checkpoints would otherwise be taken for this run's by --resume
-        for old in out.glob("checkpoint-*"):
-            shutil.rmtree(old, ignore_errors=True)
-        for name in RUN_FILES:
-            (out / name).unlink(missing_ok=True)
-        remove_partial_checkpoints(out)
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+    if stopped_before_first_checkpoint(out):
+        print(f"{out} holds a run that stopped before its first checkpoint; starting it again there.")
+        return prepare_output_dir(out, overwrite=True, clear=EARLY_FILES)
+    hint = f", or continue that run with `{resume_line(out)}`" if (out / CONFIG_NAME).is_file() else ""
+    return prepare_output_dir(out, overwrite, clear=RUN_FILES, hint=hint)
+
+
+def stopped_before_first_checkpoint(folder: Path) -> bool:
+    """True when `folder` holds only what a run writes before its first checkpoint (and that run's config)."""
+    if not (folder / CONFIG_NAME).is_file() or last_checkpoint(folder) is not None:
+        return False
+    if (folder / "train_summary.json").is_file() or (folder / "adapter_config.json").is_file():
+        return False  # a finished run, or one stopped by a signal: not a failure to retry
+    return all(any(entry.match(pattern) for pattern in EARLY_FILES) for entry in folder.iterdir())
 
 
 def use_bf16(cfg: TrainConfig, device: torch.device) -> bool:
@@ -107,7 +115,7 @@ def train(cfg: TrainConfig, callbacks=None) -> TrainResult:
         print(f"Resuming {out} from {checkpoint.name}." if checkpoint else
               f"Resuming {out}: no complete checkpoint yet, so training starts at step 0.")
     else:
-        out = prepare_output_dir(cfg.output_dir, cfg.overwrite)
+        out = prepare_run_dir(cfg.output_dir, cfg.overwrite)
     config_io.save(dataclasses.replace(cfg, resume=None, overwrite=False, output_dir=str(out)), out / CONFIG_NAME)
     if cfg.preset:
         print(describe_preset(cfg, cfg.preset))
