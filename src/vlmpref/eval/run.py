@@ -29,16 +29,16 @@ from vlmpref.runs import prepare_output_dir, run_config
 class EvalConfig:
     """Options of `vlmpref eval`."""
 
-    model: Optional[str] = field(default=None, metadata={
+    model: Optional[str] = field(default=None, metadata={"path": "in", 
         "help": "Base model (Hub id or folder); auto takes the one the --adapter was trained on."})
-    adapter: Optional[str] = field(default=None, metadata={
+    adapter: Optional[str] = field(default=None, metadata={"path": "in", 
         "help": "PEFT adapter folder (from vlmpref train); without it the base model alone is evaluated."})
-    dataset: str = field(default="", metadata={"help": "Held-out preference data: Hub id, folder or file."})
+    dataset: str = field(default="", metadata={"path": "in", "help": "Held-out preference data: Hub id, folder or file."})
     split: Optional[str] = field(default=None, metadata={
         "help": "Split to evaluate, slicing allowed (test[:200]); auto: a single file's one split, else the "
                 "held-out split (test, validation, ...), test[:1%] for the guide's dataset."})
-    output_dir: str = field(default="runs/eval", metadata={"help": "Folder for metrics.json, samples.jsonl, ..."})
-    config: Optional[str] = field(default=None, metadata={"help": "YAML file with these options; flags override it."})
+    output_dir: str = field(default="runs/eval", metadata={"path": "out", "help": "Folder for metrics.json, samples.jsonl, ..."})
+    config: Optional[str] = field(default=None, metadata={"path": "in", "help": "YAML file with these options; flags override it."})
     overwrite: bool = field(default=False, metadata={"help": "Replace a non-empty --output-dir."})
     quantization: Optional[Literal["none", "8bit", "4bit"]] = field(default=None, metadata={
         "help": "Load the base as none, 8bit or 4bit; auto uses the adapter's training setting, else none."})
@@ -56,9 +56,9 @@ class EvalConfig:
         "help": "Relevance of open answers: embedding (needs vlmpref[relevance]), lexical; auto picks embedding "
                 "when installed."})
     seed: int = field(default=0, metadata={"help": "Seed of the POPE probes."})
-    coco_instances: Optional[str] = field(default=None, metadata={
+    coco_instances: Optional[str] = field(default=None, metadata={"path": "in", 
         "help": "COCO instances_*.json: objects of rows with an image_id column (CHAIR and POPE ground truth)."})
-    coco_captions: Optional[str] = field(default=None, metadata={
+    coco_captions: Optional[str] = field(default=None, metadata={"path": "in", 
         "help": "COCO captions_*.json: reference captions of those rows (their objects count as present)."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow the model's own code to run."})
     allow_pickle: bool = field(default=False, metadata={"help": "Allow pickle (.bin) weights, which can run code."})

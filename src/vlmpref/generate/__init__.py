@@ -13,28 +13,37 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from vlmpref.errors import VlmprefError
-from vlmpref.generate.answer import generate_batch, generate_rows, model_dtype, prompt_text, user_prompt
 
 __all__ = ["GenerateConfig", "generate_batch", "generate_rows", "model_dtype", "prompt_text", "run_generate",
            "user_prompt", "answer_text", "question_text"]
+_FROM_ANSWER = ("generate_batch", "generate_rows", "model_dtype", "prompt_text", "user_prompt")
+
+
+def __getattr__(name: str):
+    # answer.py needs torch: loaded on first use, so reading GenerateConfig for `--help` stays quick
+    if name in _FROM_ANSWER:
+        from vlmpref.generate import answer
+
+        return getattr(answer, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
 class GenerateConfig:
     """Options of `vlmpref generate`."""
 
-    model: Optional[str] = field(default=None, metadata={
+    model: Optional[str] = field(default=None, metadata={"path": "in", 
         "help": "Base model: Hub id or local folder; auto takes the one the --adapter was trained on."})
-    adapter: Optional[str] = field(default=None, metadata={
+    adapter: Optional[str] = field(default=None, metadata={"path": "in", 
         "help": "PEFT adapter folder to apply (from vlmpref train, or a checkpoint folder inside it)."})
-    image: Optional[list[str]] = field(default=None, metadata={"help": "Image file(s) to ask about."})
+    image: Optional[list[str]] = field(default=None, metadata={"path": "in", "help": "Image file(s) to ask about."})
     prompt: Optional[str] = field(default=None, metadata={"help": "The question to ask about --image."})
-    dataset: Optional[str] = field(default=None, metadata={
+    dataset: Optional[str] = field(default=None, metadata={"path": "in", 
         "help": "Answer every row of this dataset split instead (Hub id, folder or file)."})
     split: str = field(default="test", metadata={"help": "Split of --dataset, slicing allowed (test[:100])."})
-    output_dir: Optional[str] = field(default=None, metadata={
+    output_dir: Optional[str] = field(default=None, metadata={"path": "out", 
         "help": "Folder for generations.jsonl when answering a dataset."})
-    config: Optional[str] = field(default=None, metadata={"help": "YAML file with these options; flags override it."})
+    config: Optional[str] = field(default=None, metadata={"path": "in", "help": "YAML file with these options; flags override it."})
     quantization: Optional[Literal["none", "8bit", "4bit"]] = field(default=None, metadata={
         "help": "Load the base as none, 8bit or 4bit; auto uses the adapter's training setting, else none."})
     max_new_tokens: int = field(default=64, metadata={"help": "Longest answer, in tokens."})
@@ -78,6 +87,7 @@ def load_images(paths: list[str], flag: str = "--image") -> list:
 
 def run_generate(cfg: GenerateConfig) -> list[str] | Path:
     """Answer one question (returns the answer list) or a dataset split (returns the jsonl path)."""
+    from vlmpref.generate.answer import generate_batch, generate_rows, user_prompt
     from vlmpref.models.inference import load_for_inference
 
     images = load_images(cfg.image) if cfg.dataset is None else None  # a bad path fails before the model loads

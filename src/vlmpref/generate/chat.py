@@ -30,11 +30,11 @@ HELP = "/image PATH [PATH ...] switches images, /reset forgets the conversation,
 class ChatConfig:
     """Options of `vlmpref chat`."""
 
-    model: Optional[str] = field(default=None, metadata={
+    model: Optional[str] = field(default=None, metadata={"path": "in", 
         "help": "Base model: Hub id or local folder; auto takes the one the --adapter was trained on."})
-    adapter: Optional[str] = field(default=None, metadata={
+    adapter: Optional[str] = field(default=None, metadata={"path": "in", 
         "help": "PEFT adapter folder to apply (from vlmpref train, or a checkpoint folder inside it)."})
-    image: Optional[list[str]] = field(default=None, metadata={
+    image: Optional[list[str]] = field(default=None, metadata={"path": "in", 
         "help": "Image file(s) to talk about; /image PATH switches them during the chat."})
     quantization: Optional[Literal["none", "8bit", "4bit"]] = field(default=None, metadata={
         "help": "Load the base as none, 8bit or 4bit; auto uses the adapter's training setting, else none."})
@@ -42,7 +42,7 @@ class ChatConfig:
     do_sample: bool = field(default=False, metadata={"help": "Sample instead of greedy decoding."})
     temperature: float = field(default=0.7, metadata={"help": "Sampling temperature (with --do-sample)."})
     top_p: float = field(default=0.9, metadata={"help": "Nucleus sampling mass (with --do-sample)."})
-    config: Optional[str] = field(default=None, metadata={"help": "YAML file with these options; flags override it."})
+    config: Optional[str] = field(default=None, metadata={"path": "in", "help": "YAML file with these options; flags override it."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow the model's own code to run."})
     allow_pickle: bool = field(default=False, metadata={"help": "Allow pickle (.bin) weights, which can run code."})
 

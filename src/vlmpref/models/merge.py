@@ -28,16 +28,16 @@ Dtype = Literal["bfloat16", "float16", "float32"]
 class MergeConfig:
     """Options of `vlmpref merge`."""
 
-    adapter: str = field(default="", metadata={
+    adapter: str = field(default="", metadata={"path": "in", 
         "help": "Adapter folder: the output of `vlmpref train` or a checkpoint folder inside it."})
-    output_dir: str = field(default="", metadata={"help": "Folder for the merged checkpoint and its processor."})
-    model: Optional[str] = field(default=None, metadata={
+    output_dir: str = field(default="", metadata={"path": "out", "help": "Folder for the merged checkpoint and its processor."})
+    model: Optional[str] = field(default=None, metadata={"path": "in", 
         "help": "Base model; auto reads it from the adapter (base_model_name_or_path)."})
     base_quantization: Optional[Literal["none", "8bit", "4bit"]] = field(default=None, metadata={
         "help": "How the base was loaded in training; auto reads the run's vlmpref_config.yaml (none if absent). "
                 "A quantized base is loaded the same way, then dequantized before merging."})
     dtype: Dtype = field(default="bfloat16", metadata={"help": "Dtype of the merged weights."})
-    config: Optional[str] = field(default=None, metadata={"help": "YAML file with these options; flags override it."})
+    config: Optional[str] = field(default=None, metadata={"path": "in", "help": "YAML file with these options; flags override it."})
     overwrite: bool = field(default=False, metadata={"help": "Allow writing into a non-empty --output-dir."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow the model's own code to run."})
     allow_pickle: bool = field(default=False, metadata={"help": "Allow pickle (.bin) weights, which can run code."})

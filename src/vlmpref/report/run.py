@@ -17,32 +17,34 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from rich.console import Console
+from rich.markup import escape
 
 from vlmpref.errors import VlmprefError
+from vlmpref.terminal import make_console
 
 
 @dataclass
 class CompareConfig:
     """Options of `vlmpref compare`."""
 
-    before: Optional[str] = field(default=None, metadata={
+    before: Optional[str] = field(default=None, metadata={"path": "in", 
         "positional": True, "help": "Evaluation folder of the model before tuning (from vlmpref eval)."})
-    after: Optional[str] = field(default=None, metadata={
+    after: Optional[str] = field(default=None, metadata={"path": "in", 
         "positional": True, "help": "Evaluation folder of the model after tuning."})
-    run: Optional[str] = field(default=None, metadata={
+    run: Optional[str] = field(default=None, metadata={"path": "in", 
         "help": "Training folder whose train_summary.json (and eval_log.jsonl) give the training curves; "
                 "auto: the adapter's folder."})
-    output_dir: str = field(default="runs/compare", metadata={"help": "Folder for report.html, report.md, plots."})
-    config: Optional[str] = field(default=None, metadata={"help": "YAML file with these options; flags override it."})
+    output_dir: str = field(default="runs/compare", metadata={"path": "out", "help": "Folder for report.html, report.md, plots."})
+    config: Optional[str] = field(default=None, metadata={"path": "in", "help": "YAML file with these options; flags override it."})
     overwrite: bool = field(default=False, metadata={"help": "Replace a non-empty --output-dir."})
     examples: int = field(default=12, metadata={"help": "Examples shown side by side in the report."})
     title: str = field(default="vlmpref: before vs after tuning", metadata={"help": "Title of the report."})
     # ---- to evaluate instead of reading two folders
-    adapter: Optional[str] = field(default=None, metadata={
+    adapter: Optional[str] = field(default=None, metadata={"path": "in", 
         "help": "Evaluate this adapter (after) and its base model (before) instead of reading two folders."})
-    model: Optional[str] = field(default=None, metadata={
+    model: Optional[str] = field(default=None, metadata={"path": "in", 
         "help": "Base model for --adapter; auto takes the one the adapter was trained on."})
-    dataset: Optional[str] = field(default=None, metadata={"help": "Held-out data to evaluate on, with --adapter."})
+    dataset: Optional[str] = field(default=None, metadata={"path": "in", "help": "Held-out data to evaluate on, with --adapter."})
     split: str = field(default="test", metadata={"help": "Split of --dataset, slicing allowed."})
     quantization: Optional[Literal["none", "8bit", "4bit"]] = field(default=None, metadata={
         "help": "Load the base as none, 8bit or 4bit; auto uses the adapter's training setting."})
@@ -102,14 +104,14 @@ def compare_folders(before_dir: str | Path, after_dir: str | Path, out_dir: str 
     from vlmpref.report.html import write_report
     from vlmpref.report.table import print_rows
 
-    console = console or Console()
+    console = console or make_console()
     before, after = read_eval(before_dir), read_eval(after_dir)
     rows = compare_runs(before, after)
     print_rows(rows, title=title, console=console)
     paths = write_report(before, after, rows, out_dir, run_dir=run_dir, examples=examples, title=title)
     for note in warnings(before, after):
-        console.print(f"[yellow]note:[/] {note}")
-    console.print(f"Report written to {paths['html']} (and report.md, plots/ beside it)")
+        console.print(f"[yellow]note:[/] {escape(note)}")  # a note names splits, "[test]", which rich would eat
+    console.print(f"Report written to {paths['html']} (and report.md, plots/ beside it)", markup=False)
     return rows, paths
 
 

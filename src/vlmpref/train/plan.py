@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from vlmpref.errors import VlmprefError
+from vlmpref.terminal import make_console
 from vlmpref.models.adapters import GUIDE_TARGET_MODULES
 from vlmpref.models.estimate import CALIBRATION, Estimate, RunSettings, estimate, parse_image_size, plan_packing
 from vlmpref.models.gpus import GPUS, Gpu, find_gpu
@@ -160,7 +161,7 @@ def local_gpu() -> Gpu | None:
 
 
 def run_estimate(cfg: EstimateConfig, console: Console | None = None) -> dict:
-    console = console or Console()
+    console = console or make_console()
     if cfg.list_gpus:
         _print_gpus(console)
         return {}

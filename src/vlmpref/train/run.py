@@ -33,7 +33,7 @@ from vlmpref.train.engines import TrlEngine, make_trainer
 from vlmpref.train.guards import NonFiniteLoss, StopOnSignal, stop_on_signals
 from vlmpref.train.lengths import apply_length_policy
 from vlmpref.train.memory import check_memory, out_of_memory_error
-from vlmpref.train.resume import check_resumable, resume_line
+from vlmpref.train.resume import StepsFromThisRun, check_resumable, resume_line
 from vlmpref.train.train_log import TRAIN_LOG, JsonlLog
 
 # What a run writes besides the adapter and processor; --overwrite removes them so nothing mixes with the new run
@@ -79,6 +79,27 @@ def stopped_before_first_checkpoint(folder: Path) -> bool:
     return all(any(entry.match(pattern) for pattern in EARLY_FILES) for entry in folder.iterdir())
 
 
+def held_out_line(cfg: TrainConfig) -> str:
+    """Which held-out set the run evaluates on, said before any work (a config file may name one you did not mean)."""
+    if not cfg.eval_dataset:
+        return ("Held-out set: none, so no evaluation during training (add --eval-split, and --eval-dataset if the "
+                "held-out data is elsewhere).")
+    when = f", every {cfg.eval_steps} steps" if cfg.eval_steps else " (no --eval-steps: not evaluated during training)"
+    return f"Held-out set: {cfg.eval_dataset} [{cfg.eval_split}]{when}."
+
+
+def _one_time_pass_note(cfg: TrainConfig, rows: int) -> str | None:
+    """The fast engine scores the reference of every pair before step 1; say so when --max-steps needs far fewer."""
+    if cfg.engine != "fast" or cfg.max_steps <= 0 or cfg.resume:  # a resumed run reuses the stored reference
+        return None
+    needed = cfg.max_steps * cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
+    if needed >= rows:
+        return None
+    return (f"note: the fast engine computes the reference log-probs of all {rows:,} training pairs once, before the "
+            f"first step (stored for later epochs and --resume); --max-steps {cfg.max_steps} trains on {needed:,} of "
+            "them. For a short trial run, slice the data instead (for example --split 'train[:" f"{needed}]').")
+
+
 def use_bf16(cfg: TrainConfig, device: torch.device) -> bool:
     """The guide trains in bf16; on the CPU only quantized models do (bitsandbytes computes in bf16 there)."""
     if cfg.bf16 is not None:
@@ -106,6 +127,7 @@ def train(cfg: TrainConfig, callbacks=None) -> TrainResult:
 
     With `cfg.resume` set, continue the run in that folder from its last complete checkpoint instead.
     """
+    cfg = config_io.with_absolute_paths(cfg)  # what the run saves (config, adapter's base) works from any folder
     started = time.time()
     alloc_conf = prefer_expandable_segments()
     checkpoint = None
@@ -119,6 +141,7 @@ def train(cfg: TrainConfig, callbacks=None) -> TrainResult:
     config_io.save(dataclasses.replace(cfg, resume=None, overwrite=False, output_dir=str(out)), out / CONFIG_NAME)
     if cfg.preset:
         print(describe_preset(cfg, cfg.preset))
+    print(held_out_line(cfg))
 
     # ---- data
     processor = load_processor(cfg.model, trust_remote_code=cfg.trust_remote_code)
@@ -128,6 +151,10 @@ def train(cfg: TrainConfig, callbacks=None) -> TrainResult:
     eval_data = None
     if cfg.eval_dataset:
         eval_data = load_split(cfg, cfg.eval_dataset, cfg.eval_split, processor, out / "rejected_rows_eval.jsonl")
+
+    one_time_note = _one_time_pass_note(cfg, len(data.dataset))
+    if one_time_note:
+        print(one_time_note)
 
     # ---- model
     device = default_device()
@@ -152,6 +179,7 @@ def train(cfg: TrainConfig, callbacks=None) -> TrainResult:
                                eval_data.dataset if eval_data else None, bf16=bf16, callbacks=callbacks)
         with stop_on_signals() as stop:
             trainer.add_callback(StopOnSignal(stop))
+            trainer.add_callback(StepsFromThisRun())  # --resume with --logging-steps N: N, not the checkpoint's
             trainer.add_callback(JsonlLog(out / TRAIN_LOG))  # read live by `vlmpref ui`, whatever --report-to says
             trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     except torch.cuda.OutOfMemoryError:
