@@ -120,7 +120,7 @@ def _cmd_data_check(cfg):
     console.print(f"[bold]{escape(report['dataset'])} {escape('[' + report['split'] + ']')}[/]: {report['rows']} "
                   f"rows, {report['rows_used']} usable, {report['rows_set_aside']} set aside"
                   + "".join(f"; {n} {escape(what)}" for what, n in report["rows_kept_with_changes"].items()))
-    console.print("columns: " + ", ".join(f"{k} ({v})" for k, v in report["columns"].items()), soft_wrap=True)
+    console.print("columns: " + escape(", ".join(f"{k} ({v})" for k, v in report["columns"].items())), soft_wrap=True)
     for key in ("images", "tokens"):
         if report.get(key):
             console.print(f"{key}: {escape(json.dumps(report[key]))}", soft_wrap=True)

@@ -109,8 +109,9 @@ class ChatSession:
         self.history = messages + [{"role": "assistant", "content": [{"type": "text", "text": "".join(pieces).strip()}]}]
 
 
-def chat_loop(session: ChatSession, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> int:
+def chat_loop(session: ChatSession, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
     """Read questions and commands line by line; returns the number of questions answered."""
+    stdin, stdout = stdin or sys.stdin, stdout or sys.stdout  # at call time: a redirected sys.stdin counts
     interactive = stdin.isatty() and stdout.isatty()
     answered = 0
     while True:
@@ -167,7 +168,8 @@ def chat_loop(session: ChatSession, stdin: TextIO = sys.stdin, stdout: TextIO = 
     return answered
 
 
-def run_chat(cfg: ChatConfig, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> int:
+def run_chat(cfg: ChatConfig, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
+    stdout = stdout or sys.stdout
     from vlmpref.models.inference import load_for_inference
 
     images = load_images(cfg.image) if cfg.image else []
