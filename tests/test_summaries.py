@@ -1,24 +1,28 @@
 """What a run reports counts what this process did: after a resume, its own steps, pairs and rate; the one-time
 pass in the line; and, before any work, which held-out set is used and what --max-steps leaves out of that pass."""
 
-import json
 import shutil
+
+import pytest
 
 from vlmpref import config as config_io
 from vlmpref.train import TrainConfig, train
 from vlmpref.train.reporting import summary_line
 
 
-def test_resume_counts_this_process_and_honours_new_logging_steps(tiny_model_dir, shapes_dir, tmp_path, capsys):
+@pytest.mark.parametrize("engine", ["fast", "trl"])
+def test_resume_counts_this_process_and_honours_new_logging_steps(engine, tiny_model_dir, shapes_dir, tmp_path,
+                                                                   capsys):
     whole = tmp_path / "whole"
     train(TrainConfig(model=str(tiny_model_dir), dataset=str(shapes_dir), split="train[:16]", output_dir=str(whole),
-                      max_steps=4, per_device_train_batch_size=2, gradient_accumulation_steps=1, learning_rate=1e-2,
+                      engine=engine, max_steps=4, per_device_train_batch_size=2, gradient_accumulation_steps=1, learning_rate=1e-2,
                       report_to=["none"], dataset_num_proc=1, save_steps=2, save_total_limit=2, logging_steps=10,
                       quantization="none", gradient_checkpointing=False))
     first = capsys.readouterr().out
     assert "Held-out set: none" in first
-    # 4 steps of 2 pairs need 8 of the 16 pairs the one-time pass scores: said before training
-    assert "reference log-probs of all 16 training pairs once" in first and "--max-steps 4 trains on 8" in first
+    # 4 steps of 2 pairs need 8 of the 16 pairs the fast engine's one-time pass scores: said before training
+    said = "reference log-probs of all 16 training pairs once" in first and "--max-steps 4 trains on 8" in first
+    assert said == (engine == "fast")
     cut = tmp_path / "cut"
     shutil.copytree(whole, cut)
     for later in ("checkpoint-4", "adapter_model.safetensors", "adapter_config.json", "train_summary.json"):
@@ -31,7 +35,7 @@ def test_resume_counts_this_process_and_honours_new_logging_steps(tiny_model_dir
     assert [h["step"] for h in summary["log_history"] if "loss" in h] == [3, 4]  # every step, not every 10
     line = summary_line(summary, cut)
     assert line.startswith("Trained 2 steps (4 pairs; steps 3-4, after resuming) in ")
-    assert "reference log-probs reused from the run" in line
+    assert ("reference log-probs reused from the run" in line) == (engine == "fast")
     rate = 4 / summary["train_seconds"]
     assert f"{rate:.2f} pairs/s" in line
     assert "one-time" not in capsys.readouterr().out  # the stored reference is reused: no pass to announce

@@ -16,7 +16,10 @@ def make_console(**kwargs):
     """A rich Console: the terminal's width on a terminal, else as wide as the content (see the module)."""
     from rich.console import Console
 
+    columns = os.environ.get("COLUMNS", "")
+    if "width" not in kwargs and columns.isdigit():  # read here: rich keeps the os.environ it was imported with
+        kwargs["width"] = int(columns)
     console = Console(**kwargs)
-    if "width" not in kwargs and not console.is_terminal and not os.environ.get("COLUMNS"):
+    if "width" not in kwargs and not console.is_terminal:
         console.width = UNBOUNDED
     return console
