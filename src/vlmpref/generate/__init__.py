@@ -1,6 +1,7 @@
 """Stage 4 of the pipeline: answer questions about images with a base model and an optional adapter.
 
     vlmpref generate --model runs/tiny --image cat.png --prompt "What is in the image?"
+    vlmpref generate --adapter runs/dpo --image cat.png --prompt "What is in the image?"   # base from the run
     vlmpref generate --model runs/tiny --adapter runs/dpo --dataset runs/shapes --split test \
         --output-dir runs/answers          # writes runs/answers/generations.jsonl
 """
