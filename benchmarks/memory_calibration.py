@@ -112,7 +112,7 @@ def token_counts(model_dir: Path, data_dir: Path, image_longest_edge: int | None
 
     from vlmpref.generate import prompt_text
     from vlmpref.models import load_processor
-    from vlmpref.models.shapes import set_image_longest_edge
+    from vlmpref.plan.shapes import set_image_longest_edge
 
     processor = load_processor(str(model_dir))
     if image_longest_edge:
@@ -176,15 +176,15 @@ def run_one(spec: dict) -> dict:
 
 
 def estimated(name: str, model_dir: Path, overrides: dict, tokens: dict, engine: str) -> dict:
-    from vlmpref.models.estimate import RunSettings, adapted_linears, estimate
-    from vlmpref.models.shapes import describe_model, image_tokens
+    from vlmpref.plan.estimate import RunSettings, adapted_linears, estimate
+    from vlmpref.plan.shapes import describe_model, image_tokens
 
     settings = {**RECIPE, **overrides}
     shape = describe_model(str(model_dir))
     image = image_tokens(shape, 640, 480, settings["image_longest_edge"])
     run = RunSettings(quantization=settings["quantization"], use_dora=settings["use_dora"],
                       lora_scope=settings["lora_scope"], image_longest_edge=settings["image_longest_edge"],
-                      batch_size=settings["per_device_train_batch_size"],
+                      per_device_train_batch_size=settings["per_device_train_batch_size"],
                       gradient_checkpointing=settings["gradient_checkpointing"], engine=engine,
                       prompt_tokens=max(tokens["prompt_and_image"] - image.tokens, 0), answer_tokens=tokens["answer"])
     est = estimate(shape, run, "h200")
@@ -288,7 +288,7 @@ def print_table(records: list[dict]) -> None:
 
 # DESIGN.md's measured baseline (TRL recipe, H200; 2 x 1210 tokens per pair): (replica, RunSettings changes, GiB, s)
 DESIGN_ROWS = [("smolvlm-2.2b", {}, 7.12, 1.56), ("smolvlm-2.2b", dict(use_dora=False), 6.83, 1.02),
-               ("smolvlm-2.2b", dict(batch_size=4), 19.71, 0.77),
+               ("smolvlm-2.2b", dict(per_device_train_batch_size=4), 19.71, 0.77),
                ("smolvlm-2.2b", dict(image_longest_edge=384), 2.49, 1.51), ("smolvlm-256m", {}, 4.45, 1.54)]
 # what --fit may change, with bounds that keep each coefficient physically sensible: (low, high)
 FIT_BOUNDS = {
@@ -305,8 +305,8 @@ FIT_BOUNDS = {
 def measured_rows(paths: list[str]) -> list[dict]:
     """One row per measured run in calibration records (this script) or `bench_dpo.py` reports: its label,
     source, RunSettings for `estimate`, and the measured peak reserved GiB and seconds per pair."""
-    from vlmpref.models.estimate import RunSettings
-    from vlmpref.models.shapes import image_tokens
+    from vlmpref.plan.estimate import RunSettings
+    from vlmpref.plan.shapes import image_tokens
 
     rows = []
     for path in paths:
@@ -321,7 +321,7 @@ def measured_rows(paths: list[str]) -> list[dict]:
                 image = image_tokens(shape, 640, 480, s["image_longest_edge"])
                 settings = RunSettings(
                     quantization=s["quantization"], use_dora=s["use_dora"], lora_scope=s["lora_scope"],
-                    image_longest_edge=s["image_longest_edge"], batch_size=s["per_device_train_batch_size"],
+                    image_longest_edge=s["image_longest_edge"], per_device_train_batch_size=s["per_device_train_batch_size"],
                     gradient_checkpointing=s["gradient_checkpointing"], engine=r.get("engine", "trl"),
                     prompt_tokens=max(r["tokens"]["prompt_and_image"] - image.tokens, 0),
                     answer_tokens=r["tokens"]["answer"])
@@ -344,9 +344,9 @@ def measured_rows(paths: list[str]) -> list[dict]:
                 fast = r["variant"] != "trl"
                 settings = RunSettings(
                     quantization=option("--quantization", "4bit"), use_dora=True, lora_scope=r["lora_scope"],
-                    engine="fast" if fast else "trl", pairs_per_forward=r["pairs_per_forward"] if fast else None,
+                    engine="fast" if fast else "trl", pairs_per_forward=r["pairs_per_forward"] if fast else "auto",
                     image_width=width, image_height=height, prompt_tokens=round(tokens["prompt"]) - image.tokens,
-                    answer_tokens=round(max(tokens["chosen"], tokens["rejected"])), epochs=5)
+                    answer_tokens=round(max(tokens["chosen"], tokens["rejected"])), num_train_epochs=5)
                 variant = r["variant"]
                 if fast and ":" not in variant:  # the first reports named the packing only in pairs_per_forward
                     variant = f"{variant}:{r['pairs_per_forward']}"
@@ -357,22 +357,22 @@ def measured_rows(paths: list[str]) -> list[dict]:
 
 
 def design_rows() -> list[dict]:
-    from vlmpref.models.estimate import RunSettings
+    from vlmpref.plan.estimate import RunSettings
 
     return [dict(label=f"DESIGN.md {name} {changes or 'recipe'}", source="DESIGN.md", model=name,
-                 settings=RunSettings(prompt_tokens=16, answer_tokens=110, **changes), gib=gib, seconds=seconds)
+                 settings=RunSettings(engine="trl", prompt_tokens=16, answer_tokens=110, **changes), gib=gib, seconds=seconds)
             for name, changes, gib, seconds in DESIGN_ROWS]
 
 
 @functools.lru_cache(maxsize=None)
 def _shape(name: str):
-    from vlmpref.models.shapes import describe_model
+    from vlmpref.plan.shapes import describe_model
 
     return describe_model(name)
 
 
 def _estimates(rows: list[dict]) -> list:
-    from vlmpref.models.estimate import estimate
+    from vlmpref.plan.estimate import estimate
 
     return [estimate(_shape(r["model"]), r["settings"], "h200") for r in rows]
 
@@ -391,7 +391,7 @@ def compare(rows: list[dict], no_time: str | None = None) -> None:
 
 
 def _set(key: tuple, value: float) -> None:
-    from vlmpref.models.estimate import CALIBRATION as cal
+    from vlmpref.plan.estimate import CALIBRATION as cal
 
     if len(key) == 1:
         cal[key[0]] = value
@@ -402,7 +402,7 @@ def _set(key: tuple, value: float) -> None:
 
 
 def _get(key: tuple) -> float:
-    from vlmpref.models.estimate import CALIBRATION as cal
+    from vlmpref.plan.estimate import CALIBRATION as cal
 
     value = cal[key[0]]
     for part in key[1:]:

@@ -11,6 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # a training run in a subprocess, ~25 s on 2 cores
 def test_memory_calibration_smoke(tmp_path):
     output = tmp_path / "smoke.json"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
@@ -26,6 +27,7 @@ def test_memory_calibration_smoke(tmp_path):
     assert "estimate vs measured" in result.stdout
 
 
+@pytest.mark.slow  # three training runs in a subprocess, ~35 s on 2 cores
 def test_dpo_benchmark_smoke(tmp_path):
     """The side-by-side TRL vs fast-engine benchmark runs on a CPU (timings are not checked)."""
     output = tmp_path / "bench.json"
@@ -47,6 +49,7 @@ def test_dpo_benchmark_smoke(tmp_path):
     assert "pairs/s x" in result.stdout
 
 
+@pytest.mark.slow  # a subprocess; the estimates it tabulates are checked in-process by test_estimate.py's H200 rows
 def test_memory_calibration_compares_a_benchmark_report():
     """--compare turns a bench_dpo.py report into ESTIMATE_VS_MEASURED.md's rows (here section 1, rows 15-17)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}

@@ -76,3 +76,49 @@ def test_saved_config_reads_back_identically(tmp_path):
     again = config.resolve(TrainConfig, yaml_path=path)
     # read back as given, but with the output folder made absolute (resolve does that for every path option)
     assert dataclasses.replace(again, config=None) == config.with_absolute_paths(cfg)
+
+
+# ---- one declaration per concept
+
+
+def test_every_quantization_and_scope_option_lists_its_choices_in_help():
+    import argparse
+
+    from vlmpref.cli import COMMANDS
+
+    seen = set()
+    for name, command in COMMANDS.items():
+        parser = argparse.ArgumentParser()
+        config.add_arguments(parser, command.config())
+        for action in parser._actions:
+            flag = next((o for o in action.option_strings if o.endswith(("quantization", "lora-scope"))), None)
+            if flag:
+                expected = ["all", "language"] if flag == "--lora-scope" else ["none", "8bit", "4bit"]
+                assert action.choices == expected, f"vlmpref {name} {flag}"
+                seen.add(name)
+    # every command that loads or plans a model has the option
+    assert {"train", "estimate", "generate", "chat", "eval", "compare", "merge", "demo"} <= seen
+
+
+def test_estimate_and_train_share_the_run_options_and_declare_no_other_alike():
+    from vlmpref.plan.options import RunOptions
+    from vlmpref.plan.run import EstimateConfig
+
+    shared = {f.name for f in dataclasses.fields(RunOptions)}
+    train, estimate = TrainConfig(), EstimateConfig()
+    assert {name: getattr(estimate, name) for name in shared} == {name: getattr(train, name) for name in shared}
+    both = {f.name for f in dataclasses.fields(EstimateConfig)} & {f.name for f in dataclasses.fields(TrainConfig)}
+    # beyond the run options, only what every command has: the model, a YAML file, a preset, remote code
+    assert both - shared == {"model", "config", "preset", "trust_remote_code"}
+
+
+def test_compare_takes_every_option_of_eval():
+    from vlmpref.eval.run import EvalConfig
+    from vlmpref.report.run import CompareConfig
+
+    eval_fields = {f.name: f for f in dataclasses.fields(EvalConfig)}
+    compare_fields = {f.name: f for f in dataclasses.fields(CompareConfig)}
+    assert set(eval_fields) <= set(compare_fields)
+    # the same declaration (help and default), except where the output goes
+    for name in set(eval_fields) - {"output_dir"}:
+        assert compare_fields[name].metadata == eval_fields[name].metadata, name

@@ -14,11 +14,12 @@ from vlmpref.data import load_preference_data
 from vlmpref.data.sources import default_split, load_raw
 from vlmpref.errors import VlmprefError
 from vlmpref.models import load_model, load_processor, lora_config
-from vlmpref.models.estimate import PACKING_MARGIN, RunSettings, estimate, plan_packing
-from vlmpref.models.shapes import describe_model
+from vlmpref.plan.autopack import PACKING_MARGIN, plan_packing
+from vlmpref.plan.estimate import RunSettings, estimate
+from vlmpref.plan.shapes import describe_model
 from vlmpref.train import TrainConfig, train
 from vlmpref.train.fast import FastDPOTrainer
-from vlmpref.train.fast import autopack
+from vlmpref.plan import autopack
 from vlmpref.train.fast.caches import images_key
 from vlmpref.train.fast import packing as packing_module
 from vlmpref.train.fast import trainer as trainer_module
@@ -84,7 +85,7 @@ def test_auto_is_the_default_and_plans_within_the_memory_it_may_use(tiny_model_d
 
 def test_auto_uses_the_plan_it_is_given_on_a_gpu(tiny_model_dir, shapes_dir, tmp_path, monkeypatch):
     """On a GPU `autopack.plan` decides; the trainer regroups to its answer (the micro-batch the loader builds)."""
-    from vlmpref.models.estimate import PackingPlan
+    from vlmpref.plan.autopack import PackingPlan
 
     monkeypatch.setattr(autopack, "plan", lambda *a, **k: PackingPlan(2, 12.0, {2: 3.0}, "2 pair(s) per forward"))
     dataset = load_preference_data(str(shapes_dir), "train[:8]", num_proc=1).dataset
@@ -100,7 +101,7 @@ def test_out_of_memory_in_the_first_step_continues_with_half_the_pairs_and_the_s
     at 2 pairs per forward (plain SGD, so a wrong scale would show)."""
     from transformers import set_seed
 
-    from vlmpref.models.estimate import PackingPlan
+    from vlmpref.plan.autopack import PackingPlan
 
     dataset = load_preference_data(str(shapes_dir), "train[:8]", num_proc=1).dataset
     original = trainer_module.packed_logps

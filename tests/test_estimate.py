@@ -9,9 +9,9 @@ from peft import get_peft_model
 from vlmpref.cli import main
 from vlmpref.errors import VlmprefError
 from vlmpref.models import load_model, lora_config
-from vlmpref.models.estimate import RunSettings, estimate, trainable_params, weight_bytes
-from vlmpref.models.gpus import find_gpu
-from vlmpref.models.shapes import describe_model, image_tokens
+from vlmpref.plan.estimate import RunSettings, estimate, trainable_params, weight_bytes
+from vlmpref.plan.gpus import find_gpu
+from vlmpref.plan.shapes import describe_model, image_tokens
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ def test_image_tiles_and_tokens_follow_the_processor(name, size, edge):
     from PIL import Image
 
     from vlmpref.models.replicas import replica_processor
-    from vlmpref.models.shapes import set_image_longest_edge
+    from vlmpref.plan.shapes import set_image_longest_edge
 
     processor = replica_processor(name)
     if edge:
@@ -94,6 +94,8 @@ def test_image_tiles_and_tokens_follow_the_processor(name, size, edge):
     inputs = processor(text=[text], images=[[Image.new("RGB", size)]], return_tensors="pt")
     predicted = image_tokens(describe_model(name), *size, longest_edge=edge)
     assert predicted.tiles == inputs["pixel_values"].shape[1]
+    # the loaded processor, where one is at hand, tiles the same
+    assert image_tokens(describe_model(name), *size, edge, image_processor=processor.image_processor) == predicted
     # tokenizers that merge "\n\n" give exactly this count; vlmpref's small test tokenizer makes one more
     assert inputs["input_ids"].shape[1] - without_image - predicted.tokens in (0, 1)
 
@@ -109,12 +111,12 @@ def test_design_table_four_by_three_image_makes_1053_image_tokens(replica_2b):
 @pytest.mark.parametrize("name,changes,measured_gib,documented_gib,measured_s", [
     ("smolvlm-2.2b", {}, 7.12, 6.85, 1.56),
     ("smolvlm-2.2b", dict(use_dora=False), 6.83, 6.54, 1.02),
-    ("smolvlm-2.2b", dict(batch_size=4), 19.71, 19.31, 0.77),
+    ("smolvlm-2.2b", dict(per_device_train_batch_size=4), 19.71, 19.31, 0.77),
     ("smolvlm-2.2b", dict(image_longest_edge=384), 2.49, 2.70, 1.51),
     ("smolvlm-256m", {}, 4.45, 4.30, 1.54),
 ])
 def test_estimate_matches_the_documented_design_rows(name, changes, measured_gib, documented_gib, measured_s):
-    est = estimate(name, RunSettings(prompt_tokens=16, answer_tokens=110, **changes), "h200")
+    est = estimate(name, RunSettings(engine="trl", prompt_tokens=16, answer_tokens=110, **changes), "h200")
     assert round(est.memory.reserved_gib, 2) == documented_gib
     assert est.memory.reserved_gib == pytest.approx(measured_gib, rel=0.15)
     assert est.seconds_per_pair == pytest.approx(measured_s, rel=0.25)
@@ -123,19 +125,19 @@ def test_estimate_matches_the_documented_design_rows(name, changes, measured_gib
 # The H200 runs the coefficients are fitted to (ESTIMATE_VS_MEASURED.md, section 1): measured peak reserved GiB and
 # the documented estimate. calib-1: `vlmpref train --engine trl`, 1097-token prompts (14 without the image), 116-token
 # answers; bench_dpo.py: 2.2B prompts 1128 tokens (45 without the image), 256M 907 (45), answers 159 (run3: 160)
-CALIB = dict(prompt_tokens=14, answer_tokens=116)
-BENCH = dict(prompt_tokens=45, answer_tokens=159)
-RUN3 = dict(prompt_tokens=45, answer_tokens=160)
+CALIB = dict(engine="trl", prompt_tokens=14, answer_tokens=116)
+BENCH = dict(engine="trl", prompt_tokens=45, answer_tokens=159)
+RUN3 = dict(engine="trl", prompt_tokens=45, answer_tokens=160)
 
 
 def _fast(pairs, scope="all", tokens=BENCH):
-    return dict(engine="fast", pairs_per_forward=pairs, lora_scope=scope, **tokens)
+    return {**tokens, "engine": "fast", "pairs_per_forward": pairs, "lora_scope": scope}
 
 
 @pytest.mark.parametrize("name,settings,measured_gib,documented_gib", [
     ("smolvlm-2.2b", CALIB, 6.01, 6.86),
-    ("smolvlm-2.2b", dict(lora_scope="language", **CALIB), 5.75, 6.56),
-    ("smolvlm-2.2b", dict(image_longest_edge=384, prompt_tokens=13, answer_tokens=116), 2.42, 2.71),
+    ("smolvlm-2.2b", dict(CALIB, lora_scope="language"), 5.75, 6.56),
+    ("smolvlm-2.2b", dict(engine="trl", image_longest_edge=384, prompt_tokens=13, answer_tokens=116), 2.42, 2.71),
     ("smolvlm-2.2b", BENCH, 7.12, 6.88),
     ("smolvlm-2.2b", RUN3, 8.01, 6.88),
     ("smolvlm-2.2b", _fast(1), 4.32, 4.73),
@@ -170,7 +172,7 @@ def test_fast_engine_packs_pairs_and_skips_the_vision_tower_with_the_cache(repli
 
 
 def test_dora_stream_is_fp32_under_trl_and_bf16_in_the_fast_engine(replica_2b):
-    from vlmpref.models.estimate import stream_bytes
+    from vlmpref.plan.estimate import stream_bytes
 
     assert stream_bytes(replica_2b, RunSettings(engine="trl")) == (4, 4)  # PEFT's DoRA output stays fp32
     assert stream_bytes(replica_2b, RunSettings(engine="trl", use_dora=False)) == (2, 4)
@@ -179,15 +181,14 @@ def test_dora_stream_is_fp32_under_trl_and_bf16_in_the_fast_engine(replica_2b):
 
 
 def test_memory_grows_with_batch_tiles_and_answers(replica_2b):
-    base = estimate(replica_2b, RunSettings(), "h200").memory.reserved
-    assert estimate(replica_2b, RunSettings(batch_size=2), "h200").memory.reserved > base
-    assert estimate(replica_2b, RunSettings(image_longest_edge=384), "h200").memory.reserved < base
-    assert estimate(replica_2b, RunSettings(answer_tokens=400), "h200").memory.reserved > base
-    assert estimate(replica_2b, RunSettings(gradient_checkpointing=False), "h200").memory.reserved > base
+    base = estimate(replica_2b, RunSettings(engine="trl"), "h200").memory.reserved
+    for change in (dict(per_device_train_batch_size=2), dict(answer_tokens=400), dict(gradient_checkpointing=False)):
+        assert estimate(replica_2b, RunSettings(engine="trl", **change), "h200").memory.reserved > base, change
+    assert estimate(replica_2b, RunSettings(engine="trl", image_longest_edge=384), "h200").memory.reserved < base
 
 
 def test_fast_engine_with_image_cache_needs_less_than_trl(replica_2b):
-    trl = estimate(replica_2b, RunSettings(lora_scope="language"), "h200")
+    trl = estimate(replica_2b, RunSettings(lora_scope="language", engine="trl"), "h200")
     fast = estimate(replica_2b, RunSettings(lora_scope="language", engine="fast"), "h200")
     assert fast.settings.cached_images and fast.memory.reserved < trl.memory.reserved
     assert fast.flops_per_pair < trl.flops_per_pair
@@ -249,7 +250,7 @@ def test_each_familys_image_tokens_follow_its_processor(name):
     from PIL import Image
 
     from vlmpref.models.replicas import replica_config, replica_processor
-    from vlmpref.models.shapes import set_image_longest_edge
+    from vlmpref.plan.shapes import set_image_longest_edge
 
     shape = describe_model(name)
     for size, edge in [((640, 480), None), ((480, 640), None), ((1000, 300), None), ((300, 300), None),

@@ -1,5 +1,7 @@
 """The fast engine computes what TRL computes: same log-probs, losses, gradients; caches change nothing."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from trl import DPOConfig
@@ -14,7 +16,7 @@ from vlmpref.train.fast.forward import packed_logps
 from vlmpref.train.fast.losses import LossInputs, combined_loss
 from vlmpref.train.fast.packing import CHOSEN, PROMPT, REJECTED, dense_mask, pack, tokenize_pair
 
-from helpers import trl_and_fast_on_one_batch
+from helpers import losses_and_gradient_error, trl_and_fast_on_one_batch, trl_and_fast_trainers
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +87,11 @@ def _peft_pair(path, scope="all", dtype=torch.float64, seed=0):
     return peft_model
 
 
-@pytest.mark.parametrize("losses", [["sigmoid"], ["ipo"], ["hinge"], ["sigmoid", "sft"], ["robust"],
-                                    ["sigmoid_norm"], ["apo_zero"], ["apo_down"]])
+# sigmoid + sft (summed and per-token log-probs) by default; each other loss, 15-40 s apiece, in the slow set
+# (every loss is also checked against TRL's on the same batch below, and against hand-computed values)
+@pytest.mark.parametrize("losses", [["sigmoid", "sft"]] + [
+    pytest.param(losses, marks=pytest.mark.slow) for losses in (["sigmoid"], ["ipo"], ["hinge"], ["robust"],
+                                                               ["sigmoid_norm"], ["apo_zero"], ["apo_down"])])
 def test_loss_and_gradients_equal_duplicated_in_float64(tiny_model_dir, rows, losses):
     path = str(tiny_model_dir)
     processor = load_processor(path)
@@ -129,6 +134,27 @@ def test_equals_trl_dpotrainer_on_the_same_batch(tiny_model_dir, rows, tmp_path,
     for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen"):
         assert fast._metrics["train"][key][0] == pytest.approx(trl_trainer._metrics["train"][key][0],
                                                                rel=1e-4, abs=1e-6), key
+
+
+def test_every_loss_type_equals_trls_own_loss_on_the_same_batch(tiny_model_dir, rows, tmp_path):
+    """Each loss the fast engine offers, against TRL's DPOTrainer (its `_compute_loss`) on the same weights and
+    batch: the loss and the adapter gradients (float32). Label smoothing 0.1 so robust differs from sigmoid."""
+    from datasets import Dataset
+
+    from vlmpref.train.fast.losses import LOSS_TYPES
+
+    dataset = Dataset.from_list([dict(r) for r in rows]).select_columns(["images", "prompt", "chosen", "rejected"])
+    trl_trainer, fast, trl_batch, fast_batch = trl_and_fast_trainers(str(tiny_model_dir), dataset, tmp_path,
+                                                                     ["sigmoid"], label_smoothing=0.1)
+    values = {}
+    for kind in sorted(LOSS_TYPES):
+        for trainer in (trl_trainer, fast):  # both read their loss settings at each call
+            trainer.loss_types, trainer.loss_weights = [kind], [1.0]
+        loss_trl, loss_fast, grad_error = losses_and_gradient_error(trl_trainer, fast, trl_batch, fast_batch)
+        assert loss_fast.item() == pytest.approx(loss_trl.item(), rel=1e-5), kind
+        assert grad_error < 5e-5, kind
+        values[kind] = loss_trl.item()
+    assert len(set(values.values())) == len(values), values  # every kind computed its own loss
 
 
 def test_dora_norm_cache_gives_peft_outputs_and_refreshes_after_a_step(tiny_model_dir, rows):
@@ -247,16 +273,27 @@ def test_reference_file_with_another_fingerprint_is_ignored(tmp_path):
 
 
 def test_train_with_the_fast_engine_in_4bit_changes_only_adapters(tiny_model_dir, shapes_dir, tmp_path):
+    from transformers import TrainerCallback
+
     from vlmpref.train import TrainConfig, train
 
+    class Snapshot(TrainerCallback):
+        """The adapter as training starts (after its initialization), to compare the trained one with."""
+
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            self.adapter = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    snapshot = Snapshot()
     result = train(TrainConfig(model=str(tiny_model_dir), dataset=str(shapes_dir), split="train[:8]",
                                output_dir=str(tmp_path / "o"), max_steps=2, per_device_train_batch_size=4,
                                gradient_accumulation_steps=1, learning_rate=1e-2, report_to=["none"],
                                dataset_num_proc=1, quantization="4bit", lora_scope="language", engine="fast",
-                               save_steps=2))
+                               save_steps=2), callbacks=[snapshot])
     assert result.summary["engine"] == "fast"
-    trainable = [p for p in result.model.parameters() if p.requires_grad]
-    assert trainable and all(p.abs().sum() > 0 for p in trainable)
+    trainable = {n: p for n, p in result.model.named_parameters() if p.requires_grad}
+    assert trainable and trainable.keys() == snapshot.adapter.keys()
+    for name, param in trainable.items():
+        assert not torch.equal(snapshot.adapter[name], param.detach()), f"{name} did not change"
     assert (tmp_path / "o" / "adapter_model.safetensors").is_file()
     assert (tmp_path / "o" / "reference_logps.json").is_file()
     fresh = {n: p.detach().float() for n, p in load_model(str(tiny_model_dir), quantization="4bit",
@@ -291,19 +328,38 @@ def test_drop_in_for_trl_on_raw_rlaif_v_style_rows(tiny_model_dir, tmp_path, ima
                                                      save_strategy="no", learning_rate=1e-2),
                          train_dataset=dataset, processing_class=load_processor(str(tiny_model_dir)),
                          peft_config=lora_config(model))
-    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     trainer.train()
     assert trainer.state.global_step == 2
-    assert any(not torch.equal(before[n], p) for n, p in trainer.model.named_parameters() if p.requires_grad)
+    trainable = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
+    assert trainable
+    for name, param in trainer.model.named_parameters():
+        if param.requires_grad:
+            assert not torch.equal(before[name], param.detach()), f"{name} did not change"
+        else:
+            assert torch.equal(before[name], param.detach()), f"frozen {name} changed"
     assert len(trainer.reference) == 4
 
 
-def test_every_family_the_engine_accepts_is_checked_above():
+def _parameters(test, argname: str) -> list:
+    """The values a test is parametrized with for `argname`."""
+    return [value for mark in test.pytestmark if mark.name == "parametrize" and mark.args[0] == argname
+            for value in mark.args[1]]
+
+
+def test_every_family_the_engine_accepts_is_checked_above(request, tiny_family):
+    """The model types of the models the float64 comparisons run on (read from their saved configs) are exactly
+    the ones the fast engine accepts."""
+    import json
+
+    import test_families
     from vlmpref.train.fast import FAST_MODEL_TYPES
 
-    from test_families import FAMILIES
-
-    checked = {"idefics3", "smolvlm", "llava", *FAMILIES}  # the fixtures of the float64 comparisons
+    folders = [request.getfixturevalue(name)
+               for name in _parameters(test_shared_prefix_logps_equal_duplicated_in_float64, "fixture")]
+    folders += [tiny_family(family)
+                for family in _parameters(test_families.test_shared_prefix_logps_equal_duplicated_in_float64, "family")]
+    checked = {json.loads((Path(folder) / "config.json").read_text())["model_type"] for folder in folders}
     assert set(FAST_MODEL_TYPES) == checked
 
 

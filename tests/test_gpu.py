@@ -17,9 +17,9 @@ from transformers import TrainerCallback
 from vlmpref.data import load_preference_data
 from vlmpref.errors import VlmprefError
 from vlmpref.models import load_model, load_processor, lora_config
-from vlmpref.models.estimate import GIB
+from vlmpref.plan.estimate import GIB
 from vlmpref.train import TrainConfig, train
-from vlmpref.train.memory import check_memory
+from vlmpref.plan.memory import check_memory
 
 from helpers import cut_and_resume, trl_and_fast_on_one_batch
 

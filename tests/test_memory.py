@@ -10,9 +10,9 @@ from PIL import Image
 from vlmpref.data import load_preference_data
 from vlmpref.errors import VlmprefError
 from vlmpref.models import load_processor
-from vlmpref.models.estimate import GIB
+from vlmpref.plan.estimate import GIB
 from vlmpref.train import TrainConfig, train
-from vlmpref.train.memory import check_memory
+from vlmpref.plan.memory import check_memory
 
 CUDA = torch.device("cuda")
 

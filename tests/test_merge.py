@@ -41,7 +41,8 @@ def _answers(model, processor):
     return generate_batch(model, processor, QUESTIONS, IMAGES, max_new_tokens=10)
 
 
-@pytest.mark.parametrize("use_dora", [False, True], ids=["lora", "dora"])
+# DoRA (the default, and the harder merge: magnitude and direction) by default; plain LoRA in the slow set
+@pytest.mark.parametrize("use_dora", [pytest.param(False, marks=pytest.mark.slow), True], ids=["lora", "dora"])
 def test_merged_checkpoint_answers_like_base_plus_adapter(tiny_model_dir, tmp_path, use_dora):
     adapter = _adapter(tiny_model_dir, tmp_path / "adapter", "none", use_dora)
     out = merge_adapter(MergeConfig(adapter=str(adapter), output_dir=str(tmp_path / "merged"), dtype="float32"))

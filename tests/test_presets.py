@@ -9,12 +9,13 @@ import yaml
 from vlmpref import config as config_io
 from vlmpref.cli import main
 from vlmpref.errors import VlmprefError
-from vlmpref.models.estimate import RunSettings, estimate
+from vlmpref.plan.estimate import RunSettings, estimate
 from vlmpref.config import PRESETS, preset_path, preset_values
 from vlmpref.train.config import TrainConfig
-from vlmpref.models.gpus import find_gpu
-from vlmpref.models.shapes import describe_model
-from vlmpref.train.plan import preset_settings, with_auto_packing
+from vlmpref.plan.gpus import find_gpu
+from vlmpref.plan.shapes import describe_model
+from vlmpref.plan.presets import preset_settings
+from vlmpref.plan.run import with_auto_packing
 
 
 @pytest.mark.parametrize("name", PRESETS)
@@ -40,9 +41,9 @@ def test_preset_fits_its_budget_as_its_header_says(name):
         total = estimate(shape, settings, f"{budget}gb").memory.total_gib
         assert total == pytest.approx(needs, abs=0.05), engine
         assert total <= 0.9 * int(budget), engine
-    assert settings.batch_size == int(pairs)
+    assert settings.per_device_train_batch_size == int(pairs)
     auto_settings, _ = with_auto_packing(shape, preset_settings(name, RunSettings(answer_tokens=256, engine="fast")),
-                                         find_gpu(f"{budget}gb"), TrainConfig())
+                                         find_gpu(f"{budget}gb"))
     assert auto_settings.pairs_per_forward == int(auto)
     assert estimate(shape, auto_settings, f"{budget}gb").memory.total_gib == pytest.approx(float(packed), abs=0.05)
 

@@ -54,6 +54,7 @@ def _steps(summary):
     return {h["step"]: tuple(h[k] for k in keys) for h in summary["log_history"] if "loss" in h}
 
 
+@pytest.mark.slow  # several runs killed and resumed, ~25 s on 2 cores
 def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tiny_model_dir, shapes_dir, tmp_path):
     seed = int(os.environ.get("VLMPREF_KILL_SEED", random.randrange(10**6)))
     rng = random.Random(seed)
@@ -135,9 +136,21 @@ def _signal_at_step(monkeypatch, signum, step):
     monkeypatch.setattr(StopOnSignal, "on_step_end", on_step_end)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.fixture
+def own_handlers():
+    """SIGINT and SIGTERM set to handlers of the test's own, whatever the suite inherited (a shell running it in
+    the background ignores SIGINT), so a test can check the run puts back what it found; restored afterwards."""
+    mine = {s: (lambda signum, frame: None) for s in (signal.SIGINT, signal.SIGTERM)}
+    inherited = {s: signal.signal(s, handler) for s, handler in mine.items()}
+    yield mine
+    for s, handler in inherited.items():
+        signal.signal(s, handler)
+
+
+# SIGINT (then resumed) by default; SIGTERM, the same path for another signal, in the slow set
+@pytest.mark.parametrize("signum", [signal.SIGINT, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)])
 def test_signal_finishes_the_step_saves_a_checkpoint_and_exits_0(tiny_model_dir, shapes_dir, tmp_path, capsys,
-                                                                 monkeypatch, signum):
+                                                                 monkeypatch, own_handlers, signum):
     out = tmp_path / "run"
     argv = _args(tiny_model_dir, shapes_dir, out, steps=4)
     argv[argv.index("--save-steps") + 1] = "100"  # the only checkpoint is the one the signal asks for
@@ -150,7 +163,7 @@ def test_signal_finishes_the_step_saves_a_checkpoint_and_exits_0(tiny_model_dir,
     assert f"{name} received: finishing this step and saving a checkpoint" in printed.err
     assert last_checkpoint(out) == out / "checkpoint-2"
     assert not (out / "adapter_model.safetensors").exists()  # the run is not finished
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers put back
+    assert all(signal.getsignal(s) is handler for s, handler in own_handlers.items())  # handlers put back
     if signum == signal.SIGINT:
         monkeypatch.undo()
         assert main(["train", "--resume", str(out), "--logging-steps", "2"]) == 0

@@ -50,7 +50,7 @@ def test_every_user_error_is_one_line_with_status_2(tiny_model_dir, shapes_dir, 
 @pytest.mark.parametrize("gpu", ["0gb", "0.0gib", "0 GB"])
 def test_estimate_refuses_a_card_without_memory(gpu):
     from vlmpref.errors import VlmprefError
-    from vlmpref.models.gpus import find_gpu
+    from vlmpref.plan.gpus import find_gpu
 
     with pytest.raises(VlmprefError, match="must be positive"):
         find_gpu(gpu)

@@ -53,6 +53,8 @@ def _cmd_train(cfg):
 
         callbacks = [HeldOutEvalCallback()]  # held-out metrics to eval_log.jsonl and TensorBoard
     result = train(cfg, callbacks=callbacks)
+    if not result.main:  # another process of a data-parallel run: the main one reports
+        return
     if result.interrupted:  # a clean stop on SIGINT/SIGTERM: exit 0, say how to continue
         print(interrupted_line(result.summary, result.output_dir, result.checkpoint))
         return
@@ -144,7 +146,7 @@ def _cmd_tiny_model(cfg):
 
 
 def _cmd_estimate(cfg):
-    from vlmpref.train.plan import run_estimate
+    from vlmpref.plan.run import run_estimate
 
     run_estimate(cfg)
 
@@ -174,6 +176,7 @@ class Command:
     config: Callable[[], type]  # imported lazily so `vlmpref --help` stays quick
     run: Callable
     help: str
+    reads_yaml_of: Callable[[], type] | None = None  # another command's config, whose YAML keys it reads past
 
 
 def _cls(module: str, name: str) -> Callable[[], type]:
@@ -206,8 +209,9 @@ COMMANDS: dict[str, Command] = {
                               "Write the shapes world (train and disjoint test splits) with save_to_disk."),
     "tiny-model": Command(_cls("vlmpref.models.tiny", "TinyModelConfig"), _cmd_tiny_model,
                           "Write a tiny random VLM and its processor, offline, in seconds."),
-    "estimate": Command(_cls("vlmpref.train.plan", "EstimateConfig"), _cmd_estimate,
-                        "Will a training run fit a GPU, and how long will it take? Memory breakdown and time."),
+    "estimate": Command(_cls("vlmpref.plan.run", "EstimateConfig"), _cmd_estimate,
+                        "Will a training run fit a GPU, and how long will it take? Memory breakdown and time.",
+                        reads_yaml_of=_cls("vlmpref.train.config", "TrainConfig")),
     "merge": Command(_cls("vlmpref.models.merge", "MergeConfig"), _cmd_merge,
                      "Merge an adapter into its base and write a plain transformers checkpoint."),
     "chat": Command(_cls("vlmpref.generate.chat", "ChatConfig"), _cmd_chat,
@@ -289,6 +293,37 @@ def _quiet_libraries():
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
+def _report_in_one_of_several_processes(exc: VlmprefError) -> int:
+    """A user error under accelerate launch / torchrun: said once, by the main process, when every process met it
+    (the launcher stops the others as soon as one exits, so the main process must not be the last to speak)."""
+    import time
+
+    import torch
+
+    from vlmpref.train.processes import ReportedByMain, finish_together
+
+    rank = os.environ.get("RANK", "0")
+    grouped = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if isinstance(exc, ReportedByMain):  # the main process printed it
+        finish_together()
+    elif getattr(exc, "everywhere", False):
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        finish_together()
+    elif not grouped:  # before the processes met (options, config): the same in every one of them
+        if rank == "0":
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+        else:
+            time.sleep(10)  # the main process exits first and the launcher then stops this one
+    else:  # this process's own problem (its GPU's memory, say)
+        print(f"error (process {rank}): {exc}", file=sys.stderr, flush=True)
+    return 2
+
+
+def launched_processes() -> int:
+    """Processes started by accelerate launch / torchrun (1 without a launcher); see train/processes.py."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = config_io.normalize_flags(sys.argv[1:] if argv is None else list(argv))
     _quiet_libraries()
@@ -308,11 +343,14 @@ def main(argv: list[str] | None = None) -> int:
     command = COMMANDS[name]
     try:
         yaml_path = args.pop("config", None)
-        cfg = config_io.resolve(command.config(), flags=args, yaml_path=yaml_path)
+        borrowed = command.reads_yaml_of() if command.reads_yaml_of else None
+        cfg = config_io.resolve(command.config(), flags=args, yaml_path=yaml_path, borrowed_from=borrowed)
         command.run(cfg)
     except VlmprefError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        if launched_processes() == 1:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        return _report_in_one_of_several_processes(exc)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

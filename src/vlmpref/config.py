@@ -27,6 +27,9 @@ from vlmpref.errors import VlmprefError
 
 # A count that vlmpref can also choose itself: `--pairs-per-forward 4` or `--pairs-per-forward auto`
 IntOrAuto = typing.Union[int, Literal["auto"]]
+# Choices shared by several commands, declared here (a light module every config imports) so each `--help` lists them
+Quantization = Literal["none", "8bit", "4bit"]  # base weights: bf16, bitsandbytes LLM.int8() or NF4
+LoraScope = Literal["all", "language"]  # adapters on every target module, or on the language model only
 
 
 def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
@@ -67,10 +70,27 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+def _declaring_class(cls: type, name: str) -> type:
+    """The class in `cls`'s bases that declares field `name` (a config may extend a shared set of options)."""
+    for base in reversed(cls.__mro__):
+        if name in base.__dict__.get("__annotations__", {}):
+            return base
+    return cls
+
+
 def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
-    """Add one flag per dataclass field. Defaults are suppressed so only given flags reach the namespace."""
+    """Add one flag per dataclass field. Defaults are suppressed so only given flags reach the namespace.
+
+    Fields a config inherits from a shared set of options (`vlmpref.plan.options.RunOptions`) are listed in
+    `--help` under that set's title, after the command's own options."""
     hints = _field_types(cls)
+    groups: dict[type, Any] = {}
     for f in dataclasses.fields(cls):
+        owner = _declaring_class(cls, f.name)
+        target = parser
+        if owner is not cls:
+            title = (owner.__doc__ or owner.__name__).strip().splitlines()[0]
+            target = groups.setdefault(owner, parser.add_argument_group(title))
         if f.metadata.get("cli") is False:
             continue
         tp, optional = _unwrap_optional(hints[f.name])
@@ -99,10 +119,10 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             kwargs["type"] = tp
         if f.metadata.get("positional"):
             # given by position (`vlmpref compare A B`) or by name (`--before A`), like every other option
-            parser.add_argument(f.name, nargs="?", default=argparse.SUPPRESS, type=kwargs.get("type", str),
+            target.add_argument(f.name, nargs="?", default=argparse.SUPPRESS, type=kwargs.get("type", str),
                                 help=kwargs["help"])
             kwargs["help"] = f"Same as the positional {f.name.upper()}."
-        parser.add_argument(*names, **kwargs)
+        target.add_argument(*names, **kwargs)
 
 
 def normalize_flags(argv: list[str]) -> list[str]:
@@ -177,16 +197,16 @@ def _coerce(name: str, tp: Any, value: Any, source: str) -> Any:
 
 
 def resolve(cls: type, flags: dict[str, Any] | None = None, yaml_path: str | Path | None = None,
-            **overrides: Any):
+            borrowed_from: type | None = None, **overrides: Any):
     """Build a config: dataclass defaults, then a preset, then the YAML file, then flags and keyword overrides.
 
     A class with a `preset` field takes its preset (a flag or a YAML key) as the layer just above the defaults.
-    A class may list `borrowed_keys`: keys of another command's YAML that it reads past silently (so
+    `borrowed_from`: another command's config class whose YAML keys are read past silently (so
     `vlmpref estimate --config` takes a `vlmpref train` file).
     """
     hints = _field_types(cls)
     values: dict[str, Any] = {}
-    borrowed = set(getattr(cls, "borrowed_keys", ()))
+    borrowed = {f.name for f in dataclasses.fields(borrowed_from)} if borrowed_from else set()
     given = {**(flags or {}), **overrides}
     check_keys(cls, given, "the arguments")
     resume = given.get("resume") if "resume" in hints else None

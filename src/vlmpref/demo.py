@@ -27,6 +27,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from vlmpref import config as config_io
+from vlmpref.config import Quantization
 from vlmpref.errors import VlmprefError
 from vlmpref.runs import prepare_output_dir
 from vlmpref.terminal import make_console
@@ -47,7 +48,7 @@ class DemoConfig:
         "help": "Base model; auto uses the tiny shapes-world model shipped with vlmpref."})
     train_scenes: int = field(default=600, metadata={"help": "Training images (5 preference pairs each)."})
     test_scenes: int = field(default=100, metadata={"help": "Held-out images (5 questions each), unseen layouts."})
-    quantization: str = field(default="4bit", metadata={"help": "Base weights as none, 8bit or 4bit."})
+    quantization: Quantization = field(default="4bit", metadata={"help": "Base weights as none, 8bit or 4bit."})
     max_steps: int = field(default=300, metadata={"help": "Optimizer steps of DPO training."})
     per_device_train_batch_size: int = field(default=16, metadata={"help": "Preference pairs per step."})
     learning_rate: float = field(default=2e-3, metadata={"help": "Peak learning rate of the DoRA adapter."})

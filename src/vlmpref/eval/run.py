@@ -20,27 +20,25 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from vlmpref import config as config_io
+from vlmpref.config import Quantization
 from vlmpref.errors import VlmprefError
 from vlmpref.eval.pope import STRATEGIES
 from vlmpref.runs import prepare_output_dir, run_config
 
 
 @dataclass
-class EvalConfig:
-    """Options of `vlmpref eval`."""
+class EvalOptions:
+    """What to evaluate and how (the options of vlmpref eval)"""
 
     model: Optional[str] = field(default=None, metadata={"path": "in", 
         "help": "Base model (Hub id or folder); auto takes the one the --adapter was trained on."})
     adapter: Optional[str] = field(default=None, metadata={"path": "in", 
         "help": "PEFT adapter folder (from vlmpref train); without it the base model alone is evaluated."})
-    dataset: str = field(default="", metadata={"path": "in", "help": "Held-out preference data: Hub id, folder or file."})
+    dataset: Optional[str] = field(default=None, metadata={"path": "in", "help": "Held-out preference data: Hub id, folder or file."})
     split: Optional[str] = field(default=None, metadata={
         "help": "Split to evaluate, slicing allowed (test[:200]); auto: a single file's one split, else the "
                 "held-out split (test, validation, ...), test[:1%] for the guide's dataset."})
-    output_dir: str = field(default="runs/eval", metadata={"path": "out", "help": "Folder for metrics.json, samples.jsonl, ..."})
-    config: Optional[str] = field(default=None, metadata={"path": "in", "help": "YAML file with these options; flags override it."})
-    overwrite: bool = field(default=False, metadata={"help": "Replace a non-empty --output-dir."})
-    quantization: Optional[Literal["none", "8bit", "4bit"]] = field(default=None, metadata={
+    quantization: Optional[Quantization] = field(default=None, metadata={
         "help": "Load the base as none, 8bit or 4bit; auto uses the adapter's training setting, else none."})
     beta: Optional[float] = field(default=None, metadata={
         "help": "DPO temperature for reward margins; auto uses the adapter's training beta, else 0.1."})
@@ -65,7 +63,8 @@ class EvalConfig:
     allow_outside_paths: bool = field(default=False, metadata={
         "help": "Allow image paths in a local dataset to point outside its folder."})
 
-    def __post_init__(self):
+    def check_eval_options(self) -> None:
+        """One-line errors for what no evaluation can use; fills the split when it is auto."""
         if not self.dataset:
             raise VlmprefError("No dataset given; pass --dataset with the held-out data (Hub id, folder or file).")
         if self.split is None:
@@ -79,6 +78,22 @@ class EvalConfig:
         unknown = [s for s in self.pope_strategies if s not in STRATEGIES]
         if unknown:
             raise VlmprefError(f"Unknown --pope-strategies {unknown[0]}; choose from {', '.join(STRATEGIES)}.")
+
+    def eval_options(self) -> dict:
+        """These options by name, to build an EvalConfig from a config that extends them (CompareConfig)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(EvalOptions)}
+
+
+@dataclass
+class EvalConfig(EvalOptions):
+    """Options of `vlmpref eval`."""
+
+    output_dir: str = field(default="runs/eval", metadata={"path": "out", "help": "Folder for metrics.json, samples.jsonl, ..."})
+    config: Optional[str] = field(default=None, metadata={"path": "in", "help": "YAML file with these options; flags override it."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace a non-empty --output-dir."})
+
+    def __post_init__(self):
+        self.check_eval_options()
 
 
 def resolve_model(cfg: EvalConfig) -> tuple[str, str, float]:

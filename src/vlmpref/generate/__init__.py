@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Optional
 
+from vlmpref.config import Quantization
 from vlmpref.errors import VlmprefError
 
 __all__ = ["GenerateConfig", "generate_batch", "generate_rows", "model_dtype", "prompt_text", "run_generate",
@@ -45,7 +46,7 @@ class GenerateConfig:
     output_dir: Optional[str] = field(default=None, metadata={"path": "out", 
         "help": "Folder for generations.jsonl when answering a dataset."})
     config: Optional[str] = field(default=None, metadata={"path": "in", "help": "YAML file with these options; flags override it."})
-    quantization: Optional[Literal["none", "8bit", "4bit"]] = field(default=None, metadata={
+    quantization: Optional[Quantization] = field(default=None, metadata={
         "help": "Load the base as none, 8bit or 4bit; auto uses the adapter's training setting, else none."})
     max_new_tokens: int = field(default=64, metadata={"help": "Longest answer, in tokens."})
     batch_size: int = field(default=16, metadata={"help": "Rows answered together."})

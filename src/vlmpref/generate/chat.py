@@ -16,8 +16,9 @@ import shlex
 import sys
 from dataclasses import dataclass, field
 from threading import Thread
-from typing import TYPE_CHECKING, Iterator, Literal, Optional, TextIO
+from typing import TYPE_CHECKING, Iterator, Optional, TextIO
 
+from vlmpref.config import Quantization
 from vlmpref.errors import VlmprefError
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ class ChatConfig:
         "help": "PEFT adapter folder to apply (from vlmpref train, or a checkpoint folder inside it)."})
     image: Optional[list[str]] = field(default=None, metadata={"path": "in", 
         "help": "Image file(s) to talk about; /image PATH switches them during the chat."})
-    quantization: Optional[Literal["none", "8bit", "4bit"]] = field(default=None, metadata={
+    quantization: Optional[Quantization] = field(default=None, metadata={
         "help": "Load the base as none, 8bit or 4bit; auto uses the adapter's training setting, else none."})
     max_new_tokens: int = field(default=256, metadata={"help": "Longest answer, in tokens."})
     do_sample: bool = field(default=False, metadata={"help": "Sample instead of greedy decoding."})

@@ -8,14 +8,14 @@ model only; the vision tower and connector stay frozen, which lets the fast engi
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
+from vlmpref.config import LoraScope
 from vlmpref.errors import VlmprefError
 
 if TYPE_CHECKING:  # peft loads when an adapter is made, so `--help` stays quick
     from peft import LoraConfig
 
-LoraScope = Literal["all", "language"]
 GUIDE_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 

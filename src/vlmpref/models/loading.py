@@ -11,18 +11,14 @@ import contextlib
 import importlib.util
 import os
 from pathlib import Path
-from typing import Literal
-
 from typing import TYPE_CHECKING
 
+from vlmpref.config import Quantization
 from vlmpref.errors import VlmprefError
 
 if TYPE_CHECKING:  # torch and transformers load when a model does, so `--help` stays quick
     import torch
     from transformers import BitsAndBytesConfig
-
-Quantization = Literal["none", "8bit", "4bit"]
-
 
 ALLOC_CONF = "PYTORCH_CUDA_ALLOC_CONF"
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
 
+from vlmpref.config import Quantization
 from vlmpref.errors import VlmprefError
 
 Dtype = Literal["bfloat16", "float16", "float32"]
@@ -33,7 +34,7 @@ class MergeConfig:
     output_dir: str = field(default="", metadata={"path": "out", "help": "Folder for the merged checkpoint and its processor."})
     model: Optional[str] = field(default=None, metadata={"path": "in", 
         "help": "Base model; auto reads it from the adapter (base_model_name_or_path)."})
-    base_quantization: Optional[Literal["none", "8bit", "4bit"]] = field(default=None, metadata={
+    base_quantization: Optional[Quantization] = field(default=None, metadata={
         "help": "How the base was loaded in training; auto reads the run's vlmpref_config.yaml (none if absent). "
                 "A quantized base is loaded the same way, then dequantized before merging."})
     dtype: Dtype = field(default="bfloat16", metadata={"help": "Dtype of the merged weights."})

@@ -133,7 +133,7 @@ def replica_spec(name: str) -> dict:
 
 
 def replica_image_settings(name: str) -> dict:
-    """The replica's image processor settings, as `models.shapes` reads them from a saved processor."""
+    """The replica's image processor settings, as `plan.shapes` reads them from a saved processor."""
     spec = replica_spec(name)
     if spec["family"] == "idefics3":
         return {"size": {"longest_edge": spec["longest_edge"]}, "max_image_size": {"longest_edge": spec["tile"]},

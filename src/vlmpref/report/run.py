@@ -14,18 +14,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Optional
 
 from rich.console import Console
 from rich.markup import escape
 
 from vlmpref.errors import VlmprefError
+from vlmpref.eval.run import EvalOptions
 from vlmpref.terminal import make_console
 
 
 @dataclass
-class CompareConfig:
-    """Options of `vlmpref compare`."""
+class CompareConfig(EvalOptions):
+    """Options of `vlmpref compare`. With --adapter and --dataset it evaluates both models itself, with the
+    options of `vlmpref eval` (EvalOptions)."""
 
     before: Optional[str] = field(default=None, metadata={"path": "in", 
         "positional": True, "help": "Evaluation folder of the model before tuning (from vlmpref eval)."})
@@ -39,21 +41,6 @@ class CompareConfig:
     overwrite: bool = field(default=False, metadata={"help": "Replace a non-empty --output-dir."})
     examples: int = field(default=12, metadata={"help": "Examples shown side by side in the report."})
     title: str = field(default="vlmpref: before vs after tuning", metadata={"help": "Title of the report."})
-    # ---- to evaluate instead of reading two folders
-    adapter: Optional[str] = field(default=None, metadata={"path": "in", 
-        "help": "Evaluate this adapter (after) and its base model (before) instead of reading two folders."})
-    model: Optional[str] = field(default=None, metadata={"path": "in", 
-        "help": "Base model for --adapter; auto takes the one the adapter was trained on."})
-    dataset: Optional[str] = field(default=None, metadata={"path": "in", "help": "Held-out data to evaluate on, with --adapter."})
-    split: str = field(default="test", metadata={"help": "Split of --dataset, slicing allowed."})
-    quantization: Optional[Literal["none", "8bit", "4bit"]] = field(default=None, metadata={
-        "help": "Load the base as none, 8bit or 4bit; auto uses the adapter's training setting."})
-    batch_size: int = field(default=16, metadata={"help": "Rows scored or answered together."})
-    max_new_tokens: int = field(default=64, metadata={"help": "Longest generated answer, in tokens."})
-    vocabulary: str = field(default="auto", metadata={"help": "Objects for CHAIR and POPE (see vlmpref eval)."})
-    pope: bool = field(default=True, metadata={"help": "Probe objects with yes/no questions (POPE)."})
-    relevance: Literal["auto", "embedding", "lexical"] = field(default="auto", metadata={
-        "help": "Relevance method for open answers (see vlmpref eval)."})
 
     def __post_init__(self):
         folders = self.before is not None or self.after is not None
@@ -64,6 +51,8 @@ class CompareConfig:
         if not folders and not (self.adapter and self.dataset):
             raise VlmprefError("Nothing to compare; give two folders from `vlmpref eval`, or --adapter and "
                                "--dataset to evaluate the base model and the adapter.")
+        if not folders:
+            self.check_eval_options()
         if self.examples < 0:
             raise VlmprefError(f"--examples must be 0 or more, not {self.examples}.")
 
@@ -71,13 +60,11 @@ class CompareConfig:
 def _evaluate_both(cfg: CompareConfig, out: Path) -> tuple[Path, Path]:
     from vlmpref.eval.run import EvalConfig, resolve_model, run_eval
 
-    shared = dict(dataset=cfg.dataset, split=cfg.split, quantization=cfg.quantization, batch_size=cfg.batch_size,
-                  max_new_tokens=cfg.max_new_tokens, vocabulary=cfg.vocabulary, pope=cfg.pope,
-                  relevance=cfg.relevance, overwrite=True)
-    base, quantization, beta = resolve_model(EvalConfig(model=cfg.model, adapter=cfg.adapter, **shared))
-    shared.update(quantization=quantization, beta=beta)
-    before = run_eval(EvalConfig(model=base, output_dir=str(out / "eval_before"), **shared))
-    after = run_eval(EvalConfig(model=base, adapter=cfg.adapter, output_dir=str(out / "eval_after"), **shared))
+    shared = {**cfg.eval_options(), "overwrite": True}
+    base, quantization, beta = resolve_model(EvalConfig(**shared))
+    shared.update(model=base, quantization=quantization, beta=beta)
+    before = run_eval(EvalConfig(**{**shared, "adapter": None}, output_dir=str(out / "eval_before")))
+    after = run_eval(EvalConfig(**shared, output_dir=str(out / "eval_after")))
     return before, after
 
 

@@ -66,16 +66,28 @@ class AtomicCheckpoints:
     """Trainer mixin: `_save_checkpoint` writes into the staging folder and renames the result into place."""
 
     def _save_checkpoint(self, model, trial):
+        # Several processes: each writes its own RNG state into the staging folder, the main process the rest;
+        # only the main process makes and renames folders, between barriers, so no process writes into a folder
+        # that is being moved.
         run_dir = Path(self._get_output_dir(trial=trial))
         staging = run_dir / STAGING
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
+        main = self.args.should_save
+        if main:
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+        self.accelerator.wait_for_everyone()
         # transformers builds the checkpoint path from _get_output_dir: point it at the staging folder
         self._get_output_dir = lambda trial=None: str(staging)
         try:
             super()._save_checkpoint(model, trial)
         finally:
             del self._get_output_dir  # back to the class's method
+        self.accelerator.wait_for_everyone()
+        if main:
+            self._move_into_place(run_dir, staging)
+        self.accelerator.wait_for_everyone()
+
+    def _move_into_place(self, run_dir: Path, staging: Path) -> None:
         name = f"checkpoint-{self.state.global_step}"
         _fsync_tree(staging / name)
         final = run_dir / name

@@ -13,9 +13,8 @@ from vlmpref.config import IntOrAuto
 from vlmpref.data.images import DEFAULT_MAX_PIXELS
 from vlmpref.data.sources import default_split, held_out_split
 from vlmpref.errors import VlmprefError
+from vlmpref.plan.options import RunOptions
 from vlmpref.runs import RUN_CONFIG
-from vlmpref.models.adapters import GUIDE_TARGET_MODULES, LoraScope
-from vlmpref.models.loading import Quantization
 
 LOSS_TYPES = ("sigmoid", "ipo", "hinge", "sft", "robust", "sigmoid_norm", "apo_zero", "apo_down", "bco_pair",
               "nca_pair", "sppo_hard", "discopop")
@@ -30,8 +29,11 @@ FAST_ONLY = {"pairs_per_forward": "auto", "image_cache": "auto", "cache_memory_g
 
 
 @dataclass
-class TrainConfig:
-    """Options of `vlmpref train`. Defaults reproduce the guide: SmolVLM-Instruct, rlaif-v, 4-bit DoRA DPO."""
+class TrainConfig(RunOptions):
+    """Options of `vlmpref train`. Defaults reproduce the guide: SmolVLM-Instruct, rlaif-v, 4-bit DoRA DPO.
+
+    The options that decide memory and speed (quantization, adapter, engine, batch, packing, image size) are
+    `RunOptions` (plan/options.py), shared with `vlmpref estimate`."""
 
     resume_file: ClassVar[str] = CONFIG_NAME  # what `--resume FOLDER` reads the options from
 
@@ -61,43 +63,20 @@ class TrainConfig:
                 "be changed by flags."})
 
     # ---- model and adapter
-    quantization: Quantization = field(default="4bit", metadata={
-        "help": "Base weights as none, 8bit or 4bit (NF4, double quantization, bf16 compute)."})
-    use_dora: bool = field(default=True, metadata={"help": "DoRA (weight-decomposed LoRA) instead of plain LoRA."})
-    lora_r: int = field(default=8, metadata={"help": "Adapter rank."})
     lora_alpha: int = field(default=8, metadata={"help": "Adapter scaling numerator (scale = alpha / r)."})
     lora_dropout: float = field(default=0.1, metadata={"help": "Dropout on the adapter input."})
     init_lora_weights: str = field(default="gaussian", metadata={"help": "PEFT init of the adapter (gaussian, true, pissa, ...)."})
-    lora_target_modules: list[str] = field(default_factory=lambda: list(GUIDE_TARGET_MODULES), metadata={
-        "help": "Module names that get adapters."})
-    lora_scope: LoraScope = field(default="all", metadata={
-        "help": "all: every target module, vision tower included (the guide); language: the language model only."})
     attn_implementation: Optional[str] = field(default=None, metadata={
         "help": "Attention kernel; auto picks flash_attention_2 when installed on a GPU, else sdpa."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow the model's own code to run."})
     allow_pickle: bool = field(default=False, metadata={"help": "Allow pickle (.bin) weights, which can run code."})
 
     # ---- optimization (TRL DPOConfig names)
-    engine: Literal["fast", "trl"] = field(default="fast", metadata={
-        "help": "fast: vlmpref's shared-prefix engine (same mathematics, less work per pair); trl: TRL's "
-                "DPOTrainer exactly as the guide runs it."})
-    pairs_per_forward: IntOrAuto = field(default="auto", metadata={
-        "help": "fast engine: pairs packed into one forward pass; gradient accumulation is regrouped so the "
-                "effective batch stays per_device_train_batch_size x gradient_accumulation_steps. auto: the most "
-                "that divides the effective batch and fits the GPU's free memory (vlmpref estimate, with a 15% "
-                "margin), half as many if the first step still runs out of memory; on a CPU, within half the free "
-                "system memory."})
-    image_cache: Literal["auto", "on", "off"] = field(default="auto", metadata={
-        "help": "fast engine: encode each image once and reuse its features; auto = on when the vision tower "
-                "and connector are frozen (--lora-scope language)."})
     cache_memory_gib: float = field(default=2.0, metadata={
         "help": "fast engine: image features kept in memory before spilling to OUTPUT_DIR/image_features."})
     learning_rate: float = field(default=1e-6, metadata={"help": "Peak learning rate (TRL's DPO default)."})
-    num_train_epochs: float = field(default=5.0, metadata={"help": "Passes over the training split."})
     max_steps: int = field(default=-1, metadata={"help": "Stop after this many optimizer steps; -1 uses the epochs."})
-    per_device_train_batch_size: int = field(default=1, metadata={"help": "Preference pairs per forward pass."})
     per_device_eval_batch_size: int = field(default=1, metadata={"help": "Pairs per evaluation forward pass."})
-    gradient_accumulation_steps: int = field(default=32, metadata={"help": "Forward passes per optimizer step."})
     lr_scheduler_type: str = field(default="linear", metadata={"help": "Learning-rate schedule (transformers names)."})
     warmup_steps: float = field(default=0.0, metadata={
         "help": "Linear warm-up: a number of steps, or a share of all steps when below 1 (transformers' rule)."})
@@ -117,7 +96,6 @@ class TrainConfig:
                 "aside. Both are counted in the summary."})
     bf16: Optional[bool] = field(default=None, metadata={
         "help": "bf16 mixed precision; auto uses it on GPUs that support it and with quantized weights."})
-    gradient_checkpointing: bool = field(default=True, metadata={"help": "Recompute activations to save memory."})
     seed: int = field(default=42, metadata={"help": "Seed for adapter init, data order and dropout."})
 
     # ---- logging, checkpoints, evaluation
@@ -151,15 +129,11 @@ class TrainConfig:
         "help": "On a GPU, estimate the memory the run needs before loading the model and stop with ways to fit "
                 "when the free memory is too small."})
 
-    # ---- memory presets and image resolution
+    # ---- memory preset
     preset: Optional[str] = field(default=None, metadata={
         "help": "Memory preset (6gb, 8gb, 12gb, 24gb, 80gb, or a preset YAML file) choosing quantization, adapter "
                 "targets, image resolution, batch and checkpointing; --config and flags override it. From Python, "
                 "vlmpref.config.resolve(TrainConfig, preset=...) applies it."})
-    image_longest_edge: Optional[int] = field(default=None, metadata={
-        "help": "Resize images so their longest edge is this many pixels before tiling; fewer pixels, fewer "
-                "tiles and tokens (SmolVLM-Instruct: 384 gives 1 tile, 768 5, the model's 1536 13 for a 4:3 "
-                "image); auto keeps the model's setting."})
 
     @classmethod
     def follow_given(cls, values: dict, given: dict) -> None:
@@ -188,8 +162,8 @@ class TrainConfig:
                     values.pop(name, None)
 
     def __post_init__(self):
-        for name in ("learning_rate", "num_train_epochs", "per_device_train_batch_size", "per_device_eval_batch_size",
-                     "gradient_accumulation_steps", "lora_r", "logging_steps", "save_steps"):
+        self.check_run_options()
+        for name in ("learning_rate", "per_device_eval_batch_size", "logging_steps", "save_steps"):
             if getattr(self, name) <= 0:
                 raise VlmprefError(f"--{name.replace('_', '-')} must be positive, not {getattr(self, name)}.")
         if self.beta <= 0:
@@ -210,11 +184,6 @@ class TrainConfig:
             self.eval_split = default_split(self.eval_dataset, "eval")
         if self.split is None:
             self.split = default_split(self.dataset, "train")
-        if self.pairs_per_forward != "auto":
-            total = self.per_device_train_batch_size * self.gradient_accumulation_steps
-            if self.pairs_per_forward <= 0 or total % self.pairs_per_forward:
-                raise VlmprefError(f"--pairs-per-forward must divide the effective batch {total} "
-                                   "(per-device batch x gradient accumulation), or be auto.")
         self._check_ignored_options()
         from vlmpref.train.fast.losses import LOSS_TYPES as FAST_LOSS_TYPES  # torch: not needed for --help
 
@@ -232,8 +201,6 @@ class TrainConfig:
         if self.resume and self.overwrite:
             raise VlmprefError("--resume continues the run in its folder and --overwrite starts a new one there; "
                                "give only one of them.")
-        if self.image_longest_edge is not None and self.image_longest_edge <= 0:
-            raise VlmprefError(f"--image-longest-edge must be positive, not {self.image_longest_edge}.")
         if self.dataloader_num_workers != "auto" and self.dataloader_num_workers < 0:
             raise VlmprefError(f"--dataloader-num-workers must be 0 or more, or auto, not {self.dataloader_num_workers}.")
         if self.max_gpu_memory is not None and self.max_gpu_memory <= 0:

@@ -76,6 +76,8 @@ def dpo_config(cfg: TrainConfig, bf16: bool, has_eval: bool) -> DPOConfig:
         disable_tqdm=False,
         logging_nan_inf_filter=False,  # the guard stops on NaN/inf once per step; the filter waits every micro-batch
         use_cpu=not torch.cuda.is_available(),
+        # data parallel: every adapter takes part in every forward (DDP's search for unused ones costs a pass)
+        ddp_find_unused_parameters=False,
     )
 
 

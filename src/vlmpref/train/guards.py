@@ -1,7 +1,8 @@
 """What stops a run cleanly: a signal (Ctrl-C, SIGTERM), and a loss or gradient that is no longer a number.
 
 - SIGINT / SIGTERM during training: the current optimizer step finishes, a checkpoint is written, and `train`
-  returns with `interrupted` set; a second signal stops at once (the last checkpoint is kept).
+  returns with `interrupted` set; a second signal stops at once (the last checkpoint is kept). In a
+  data-parallel run a signal to any process stops all of them after the same step.
 - NaN or inf in the loss of any micro-batch or in the gradient norm: checked once per optimizer step, before
   the optimizer applies it (transformers' public `on_pre_optimizer_step` callback), so training stops with
   `NonFiniteLoss` and the last checkpoint stays the last good one. The per-micro-batch losses are combined on
@@ -69,13 +70,22 @@ class StopRequest:
 
 
 class StopOnSignal(TrainerCallback):
-    """After the step in progress when a signal came: save a checkpoint and end training."""
+    """After the step in progress when a signal came: save a checkpoint and end training.
 
-    def __init__(self, request: StopRequest):
+    With several processes, `agree` (any process's flag, `Processes.any`) makes every process stop after the same
+    step, whichever one received the signal: the checkpoint is written by all of them together."""
+
+    def __init__(self, request: StopRequest, agree=None):
         self.request = request
+        self.agree = agree
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.request.signal_name:
+        stop = bool(self.request.signal_name)
+        if self.agree is not None:
+            stop = self.agree(stop)  # one small all-reduce per optimizer step
+            if stop and not self.request.signal_name:
+                self.request.signal_name = "a signal to another process"
+        if stop:
             control.should_save = True
             control.should_training_stop = True
         return control

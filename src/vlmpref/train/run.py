@@ -24,7 +24,7 @@ from vlmpref.data import PreferenceData, load_preference_data
 from vlmpref.errors import VlmprefError
 from vlmpref.models import load_model, load_processor, lora_config
 from vlmpref.models.loading import default_device, prefer_expandable_segments, supports_bf16
-from vlmpref.models.shapes import set_image_longest_edge
+from vlmpref.plan.shapes import set_image_longest_edge
 from vlmpref.config import describe_preset
 from vlmpref.runs import prepare_output_dir
 from vlmpref.train.checkpoints import last_checkpoint
@@ -32,7 +32,8 @@ from vlmpref.train.config import CONFIG_NAME, TrainConfig
 from vlmpref.train.engines import TrlEngine, make_trainer
 from vlmpref.train.guards import NonFiniteLoss, StopOnSignal, stop_on_signals
 from vlmpref.train.lengths import apply_length_policy
-from vlmpref.train.memory import check_memory, out_of_memory_error
+from vlmpref.plan.memory import check_memory, out_of_memory_error
+from vlmpref.train.processes import Processes
 from vlmpref.train.resume import StepsFromThisRun, check_resumable, resume_line
 from vlmpref.train.train_log import TRAIN_LOG, JsonlLog
 
@@ -53,6 +54,7 @@ class TrainResult:
     summary: dict
     interrupted: str | None = None  # the signal that stopped training early; resume from `checkpoint`
     checkpoint: Path | None = None  # the last complete checkpoint
+    main: bool = True  # False in the other processes of a data-parallel run (they print nothing)
 
 
 def prepare_run_dir(path: str | Path, overwrite: bool) -> Path:
@@ -109,16 +111,25 @@ def use_bf16(cfg: TrainConfig, device: torch.device) -> bool:
     return supports_bf16(device) or cfg.quantization != "none"
 
 
-def load_split(cfg: TrainConfig, dataset: str, split: str, processor, record: Path) -> PreferenceData:
-    """Load and check one split, apply the length policy, record the rows set aside, stop if too many were."""
-    data = load_preference_data(dataset, split, num_proc=cfg.dataset_num_proc,
-                                allow_outside_paths=cfg.allow_outside_paths, max_image_pixels=cfg.max_image_pixels,
-                                keep_duplicates=cfg.keep_duplicates)
-    if cfg.max_length and len(data.dataset):
-        apply_length_policy(data, processor, cfg.max_length, cfg.truncation)
-    data.write_set_aside(record)
-    print(data.summary())
-    data.check_share(cfg.max_set_aside_fraction, record)
+def load_split(cfg: TrainConfig, dataset: str, split: str, processor, record: Path,
+               processes: Processes | None = None) -> PreferenceData:
+    """Load and check one split, apply the length policy, record the rows set aside, stop if too many were.
+    Several processes: the main one loads first (dataset caches are written once) and alone writes and prints."""
+    processes = processes or Processes()
+    with processes.main_first():
+        data = load_preference_data(dataset, split, num_proc=cfg.dataset_num_proc,
+                                    allow_outside_paths=cfg.allow_outside_paths,
+                                    max_image_pixels=cfg.max_image_pixels, keep_duplicates=cfg.keep_duplicates)
+        if cfg.max_length and len(data.dataset):
+            apply_length_policy(data, processor, cfg.max_length, cfg.truncation)
+    if processes.main:
+        data.write_set_aside(record)
+        print(data.summary())
+    processes.barrier()  # the record is on disk before any process names it in an error
+    try:
+        data.check_share(cfg.max_set_aside_fraction, record)
+    except VlmprefError as exc:
+        processes.raise_everywhere(exc)
     return data
 
 
@@ -130,34 +141,50 @@ def train(cfg: TrainConfig, callbacks=None) -> TrainResult:
     cfg = config_io.with_absolute_paths(cfg)  # what the run saves (config, adapter's base) works from any folder
     started = time.time()
     alloc_conf = prefer_expandable_segments()
-    checkpoint = None
-    if cfg.resume:
-        checkpoint = check_resumable(cfg)
-        out = Path(cfg.resume)
-        print(f"Resuming {out} from {checkpoint.name}." if checkpoint else
-              f"Resuming {out}: no complete checkpoint yet, so training starts at step 0.")
-    else:
-        out = prepare_run_dir(cfg.output_dir, cfg.overwrite)
-    config_io.save(dataclasses.replace(cfg, resume=None, overwrite=False, output_dir=str(out)), out / CONFIG_NAME)
-    if cfg.preset:
-        print(describe_preset(cfg, cfg.preset))
-    print(held_out_line(cfg))
+    processes = Processes()  # one, or one per GPU under accelerate launch / torchrun
+    # the configured effective batch is kept: each process accumulates its share of it
+    accumulation = processes.split_accumulation(cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps)
+
+    def prepare_folder():
+        checkpoint = None
+        if cfg.resume:
+            checkpoint = check_resumable(cfg)
+            out = Path(cfg.resume)
+            print(f"Resuming {out} from {checkpoint.name}." if checkpoint else
+                  f"Resuming {out}: no complete checkpoint yet, so training starts at step 0.")
+        else:
+            out = prepare_run_dir(cfg.output_dir, cfg.overwrite)
+        # saved as configured (for one process), so the run resumes on any number of processes
+        config_io.save(dataclasses.replace(cfg, resume=None, overwrite=False, output_dir=str(out)), out / CONFIG_NAME)
+        if cfg.preset:
+            print(describe_preset(cfg, cfg.preset))
+        print(held_out_line(cfg))
+        if processes.world > 1:
+            print(f"Data parallel: {processes.world} processes, each {cfg.per_device_train_batch_size} pair(s) x "
+                  f"{accumulation} accumulation steps per optimizer step "
+                  f"({cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps} pairs in all, as configured).")
+        return out, checkpoint
+
+    out, checkpoint = processes.on_main(prepare_folder)
+    configured = cfg
+    cfg = dataclasses.replace(cfg, gradient_accumulation_steps=accumulation)
 
     # ---- data
     processor = load_processor(cfg.model, trust_remote_code=cfg.trust_remote_code)
     if cfg.image_longest_edge:
         set_image_longest_edge(processor, cfg.image_longest_edge)
-    data = load_split(cfg, cfg.dataset, cfg.split, processor, out / "rejected_rows.jsonl")
+    data = load_split(cfg, cfg.dataset, cfg.split, processor, out / "rejected_rows.jsonl", processes)
     eval_data = None
     if cfg.eval_dataset:
-        eval_data = load_split(cfg, cfg.eval_dataset, cfg.eval_split, processor, out / "rejected_rows_eval.jsonl")
+        eval_data = load_split(cfg, cfg.eval_dataset, cfg.eval_split, processor, out / "rejected_rows_eval.jsonl",
+                               processes)
 
-    one_time_note = _one_time_pass_note(cfg, len(data.dataset))
-    if one_time_note:
+    one_time_note = _one_time_pass_note(configured, len(data.dataset))  # the effective batch, over all processes
+    if one_time_note and processes.main:
         print(one_time_note)
 
     # ---- model
-    device = default_device()
+    device = processes.device if processes.world > 1 else default_device()
     bf16 = use_bf16(cfg, device)
     if cfg.max_gpu_memory is not None and device.type == "cuda":
         total = torch.cuda.get_device_properties(device).total_memory / 2**30
@@ -178,7 +205,7 @@ def train(cfg: TrainConfig, callbacks=None) -> TrainResult:
         trainer = make_trainer(cfg, model, processor, peft_config, data.dataset,
                                eval_data.dataset if eval_data else None, bf16=bf16, callbacks=callbacks)
         with stop_on_signals() as stop:
-            trainer.add_callback(StopOnSignal(stop))
+            trainer.add_callback(StopOnSignal(stop, agree=processes.any))
             trainer.add_callback(StepsFromThisRun())  # --resume with --logging-steps N: N, not the checkpoint's
             trainer.add_callback(JsonlLog(out / TRAIN_LOG))  # read live by `vlmpref ui`, whatever --report-to says
             trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
@@ -195,20 +222,24 @@ def train(cfg: TrainConfig, callbacks=None) -> TrainResult:
     interrupted = stop.signal_name if trainer.state.global_step < trainer.state.max_steps else None
     trained = trainer.model
 
-    # ---- save
-    if not interrupted:
-        trained.save_pretrained(out)
-        processor.save_pretrained(out)
-    summary = _summary(cfg, trainer, data, device, time.time() - started, checkpoint, interrupted,
-                       start_step=_checkpoint_step(checkpoint))
+    # ---- save (main process; the summary's counts are summed over the processes first)
+    summary = _summary(configured, trainer, data, device, time.time() - started, checkpoint, interrupted,
+                       start_step=_checkpoint_step(checkpoint), processes=processes)
     summary["cuda_alloc_conf"] = alloc_conf if device.type == "cuda" else None
-    (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    if processes.main:
+        if not interrupted:
+            trained.save_pretrained(out)
+            processor.save_pretrained(out)
+        (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    processes.barrier()  # every process returns with the adapter on disk
     return TrainResult(output_dir=out, model=trained, processor=processor, data=data, summary=summary,
-                       interrupted=interrupted, checkpoint=last_checkpoint(out))
+                       interrupted=interrupted, checkpoint=last_checkpoint(out), main=processes.main)
 
 
 def _summary(cfg: TrainConfig, trainer, data: PreferenceData, device, elapsed: float, resumed_from, interrupted,
-             start_step: int) -> dict:
+             start_step: int, processes: Processes | None = None) -> dict:
+    """What the run did; `cfg` as configured (for one process). Pair counts are summed over the processes."""
+    processes = processes or Processes()
     reused = getattr(trainer, "reference_reused", None)
     fast = not isinstance(trainer, TrlEngine)  # trl also when fast fell back
     packing = getattr(trainer, "packing", None)
@@ -218,9 +249,10 @@ def _summary(cfg: TrainConfig, trainer, data: PreferenceData, device, elapsed: f
         "steps_this_run": trainer.state.global_step - start_step,
         "max_steps": trainer.state.max_steps,
         # what this process trained on: a resumed run's earlier steps are not counted again
-        "pairs_trained": trainer.pairs_trained,
+        "pairs_trained": int(processes.total(trainer.pairs_trained)),
+        "processes": processes.world,
         "pairs_per_step": cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps,
-        "pairs_per_forward": trainer.pairs_per_forward if fast else cfg.per_device_train_batch_size,
+        "pairs_per_forward": trainer.pairs_per_forward if fast else cfg.per_device_train_batch_size,  # per process
         "packing": packing.as_dict() if packing else None,
         "one_time_seconds": round(trainer.reference_seconds, 2) if fast else None,
         "rows_used": len(data.dataset),

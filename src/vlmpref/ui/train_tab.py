@@ -28,9 +28,12 @@ def stop_jobs() -> None:
 
 
 def train_tab(cfg: UIConfig, folders: Folders, found):
-    from vlmpref.config import PRESETS
+    from typing import get_args
+
+    from vlmpref.config import PRESETS, LoraScope, Quantization
     from vlmpref.demo import demo_base_path
-    from vlmpref.models.gpus import GPUS
+    from vlmpref.plan.gpus import GPUS
+    from vlmpref.plan.options import Engine
     from vlmpref.train.config import LOSS_TYPES
     from vlmpref.ui.training import TrainJob, curves, estimate_text, plan_run, rejected_image, rejected_rows, \
         resume_argv
@@ -65,10 +68,10 @@ def train_tab(cfg: UIConfig, folders: Folders, found):
             batch = gr.Number(None, precision=0, label="batch per device", elem_id="train-batch")
             accumulation = gr.Number(None, precision=0, label="gradient accumulation", elem_id="train-accumulation")
         with gr.Row():
-            quantization = gr.Radio(["auto", "none", "8bit", "4bit"], value="auto", label="quantization",
+            quantization = gr.Radio(["auto", *get_args(Quantization)], value="auto", label="quantization",
                                     elem_id="train-quantization")
-            scope = gr.Radio(["auto", "all", "language"], value="auto", label="adapters on", elem_id="train-scope")
-            engine = gr.Radio(["auto", "fast", "trl"], value="auto", label="engine", elem_id="train-engine")
+            scope = gr.Radio(["auto", *get_args(LoraScope)], value="auto", label="adapters on", elem_id="train-scope")
+            engine = gr.Radio(["auto", *get_args(Engine)], value="auto", label="engine", elem_id="train-engine")
             loss = gr.Dropdown(list(LOSS_TYPES), value=[], multiselect=True, label="loss type(s)",
                                elem_id="train-loss")
         with gr.Row():

@@ -126,7 +126,7 @@ def estimate_text(cfg: TrainConfig, gpu: str | None = None) -> tuple[str, bool |
     """What `vlmpref estimate` prints for this run's settings and data, and whether it fits (None: no one GPU)."""
     from rich.console import Console
 
-    from vlmpref.train.plan import EstimateConfig, run_estimate
+    from vlmpref.plan.run import EstimateConfig, run_estimate
 
     shared = {name: getattr(cfg, name) for name in EstimateConfig.__dataclass_fields__
               if hasattr(cfg, name) and name not in ("config", "preset", "trust_remote_code")}

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import gc
 import logging
 import os
@@ -39,7 +40,8 @@ from trl import DPOConfig, DPOTrainer
 from trl.trainer.utils import use_adapter
 
 from vlmpref.data.normalize import trl_example
-from vlmpref.train.fast import autopack, dora, forward
+from vlmpref.plan import autopack
+from vlmpref.train.fast import dora, forward
 from vlmpref.train.fast.caches import ImageFeatureCache, ReferenceLogps, images_key, model_fingerprint
 from vlmpref.train.fast.forward import batch_image_features, packed_logps
 from vlmpref.train.fast.losses import LOSS_TYPES, LossInputs, combined_loss
@@ -200,6 +202,16 @@ class FastDPOTrainer(DPOTrainer):
         if pairs_per_forward == "auto":
             self.packing = autopack.plan(unwrapped, self.processing_class, self.train_dataset, self.args, use_cache,
                                          memory_budget_gib)
+            if self.accelerator.num_processes > 1:
+                # every process must take the same micro-batches (the data are sharded by batch): the smallest
+                # packing that any process's GPU fits
+                chosen = torch.tensor([-self.packing.pairs_per_forward], device=self.accelerator.device)
+                agreed = -int(self.accelerator.reduce(chosen, reduction="max").item())  # accelerate has no "min"
+                if agreed != self.packing.pairs_per_forward:
+                    self.packing = dataclasses.replace(
+                        self.packing, pairs_per_forward=agreed,
+                        reason=f"{agreed} pair(s) per forward (the most every process's GPU fits; this one: "
+                               f"{self.packing.reason})")
             _regroup(self.args, self.packing.pairs_per_forward)
             # transformers reads the micro-batch size into this attribute once, in Trainer.__init__
             self._train_batch_size = self.args.train_batch_size
@@ -465,9 +477,14 @@ class FastDPOTrainer(DPOTrainer):
         keys = [key for key, values in metrics.items() if values and torch.is_tensor(values[0])]
         if keys:  # one read-back (and, on several processes, one gather) for everything kept since the last log
             local = torch.stack([torch.stack(metrics[key]).float().mean() for key in keys])
-            everywhere = self.accelerator.gather(local[None]).reshape(-1, len(keys)).mean(0)
-            for key, value in zip(keys, everywhere.tolist()):
+            if "num_tokens" in metrics:  # a count, summed over the processes (the rest are averaged)
+                local = torch.cat([local, local.new_tensor([float(metrics["num_tokens"][-1])])])
+            everywhere = self.accelerator.gather(local[None].to(self.accelerator.device)).reshape(-1, len(local))
+            values = everywhere.mean(0).tolist()
+            for key, value in zip(keys, values):
                 metrics[key] = [value]
+            if "num_tokens" in metrics:
+                metrics["num_tokens"] = [everywhere[:, -1].sum().item()]
         super().log(logs, start_time)
 
     # ---- data parallel: gradients averaged by hand (see training_step)

@@ -23,7 +23,7 @@ peft
   once per optimizer step instead of every forward; `DoraLinearLayer.weight` / `fan_in_fan_out` are read.
 - `peft.utils.integrations.dequantize_module_weight`, `peft.utils.other.transpose` (dora.py): PEFT's own
   helpers for the norm, so the fast engine dequantizes exactly as PEFT does.
-- `LoraLayer.lora_A` / `lora_dropout` as `ModuleDict`s keyed by adapter name (dora.py, autopack.py): which
+- `LoraLayer.lora_A` / `lora_dropout` as `ModuleDict`s keyed by adapter name (dora.py, plan/autopack.py): which
   modules carry adapters, and dropout modules with p == 0 replaced by Identity.
 datasets
 - `Dataset._fingerprint` (trainer.py): identifies the data whose reference log-probs are stored, so a resumed

@@ -1,8 +1,9 @@
 """Common GPUs: memory and dense bf16 tensor throughput, for `vlmpref estimate`.
 
-    from vlmpref.models.gpus import find_gpu
+    from vlmpref.plan.gpus import find_gpu, local_gpu
     find_gpu("rtx-4070")          # Gpu(name='RTX 4070 12GB', memory_gib=12.0, bf16_tflops=58.3, ...)
     find_gpu("24gb")              # a generic 24 GiB card
+    local_gpu()                   # this machine's first CUDA GPU, or None
 
 Memory is what the driver reports (nvidia-smi MiB / 1024). Throughput is the vendor's dense (not sparse) bf16
 tensor-core peak with fp32 accumulation, the mode PyTorch uses; GeForce cards run it at half their fp16-accumulate
@@ -12,6 +13,7 @@ efficiency factors measured on an H200 (benchmarks/ESTIMATE_VS_MEASURED.md).
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import re
 from dataclasses import dataclass
@@ -82,10 +84,28 @@ def _key(text: str) -> str:
     return re.sub(r"[\s_]+", "-", text)
 
 
-def generic_gpu(memory_gib: float, bf16_tflops: float = 50.0, bandwidth_gbs: float = 500.0) -> Gpu:
-    """A card known only by its memory; throughput defaults to a mid-range consumer card's (an RTX 4070)."""
-    return Gpu(f"{memory_gib:g} GiB GPU", float(memory_gib), bf16_tflops, bandwidth_gbs,
+def generic_gpu(memory_gib: float, name: str | None = None) -> Gpu:
+    """A card known only by its memory (and maybe its name); throughput is a mid-range consumer card's (RTX 4070)."""
+    return Gpu(name or f"{memory_gib:g} GiB GPU", float(memory_gib), 50.0, 500.0,
                "throughput assumed; name a card from `vlmpref estimate --list-gpus` for a better time estimate")
+
+
+def local_gpu() -> Gpu | None:
+    """This machine's first CUDA GPU, matched to the table by name when possible."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    props = torch.cuda.get_device_properties(0)
+    memory = props.total_memory / 2**30
+    name = props.name.lower()
+    # a table card matches when its model words (those with digits, "4070", "a100", "pcie") are in the name
+    for gpu in sorted(GPUS.values(), key=lambda g: -len(g.name)):
+        words = [w for w in gpu.name.lower().split() if any(c.isdigit() for c in w) and not w.endswith("gb")]
+        words += [w for w in ("pcie", "laptop", "ti", "super") if w in gpu.name.lower().split()]
+        if words and all(w in name for w in words) and abs(gpu.memory_gib - memory) < 2:
+            return dataclasses.replace(gpu, memory_gib=round(memory, 1))
+    return generic_gpu(round(memory, 1), name=props.name)
 
 
 def find_gpu(name: str) -> Gpu:

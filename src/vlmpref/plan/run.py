@@ -14,31 +14,27 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal, Optional
+from typing import Optional
 
 from rich.console import Console
 from rich.table import Table
 
 from vlmpref.errors import VlmprefError
+from vlmpref.plan.estimate import CALIBRATION, Estimate, RunSettings, estimate, parse_image_size, run_settings
+from vlmpref.plan.gpus import GPUS, Gpu, find_gpu, local_gpu
+from vlmpref.plan.options import RunOptions
+from vlmpref.plan.presets import preset_that_fits
+from vlmpref.plan.shapes import ModelShape, describe_model
 from vlmpref.terminal import make_console
-from vlmpref.models.adapters import GUIDE_TARGET_MODULES
-from vlmpref.models.estimate import CALIBRATION, Estimate, RunSettings, estimate, parse_image_size, plan_packing
-from vlmpref.models.gpus import GPUS, Gpu, find_gpu
-from vlmpref.models.shapes import ModelShape, describe_model
-from vlmpref.config import PRESETS, IntOrAuto, preset_values
-from vlmpref.train.config import TrainConfig
 
-_TRAIN_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 # cards shown when no --gpu is given: one per common memory size
 TABLE_GPUS = ("rtx-4050-laptop", "rtx-4060", "rtx-4070", "rtx-4080", "rtx-4090", "l4", "a100-80gb", "h100")
 
 
 @dataclass
-class EstimateConfig:
-    """Options of `vlmpref estimate`."""
-
-    # keys of a `vlmpref train` YAML that do not change the estimate, read past silently
-    borrowed_keys: ClassVar[tuple[str, ...]] = tuple(f.name for f in dataclasses.fields(TrainConfig))
+class EstimateConfig(RunOptions):
+    """Options of `vlmpref estimate`: the run's options (RunOptions, as `vlmpref train` names them) and the data's
+    typical sizes. A `vlmpref train` YAML gives them too; its other keys are read past (see the CLI table)."""
 
     model: str = field(default="HuggingFaceTB/SmolVLM-Instruct", metadata={
         "help": "Model: Hub id (only its config is read), local folder, or replica name (smolvlm-256m, "
@@ -50,114 +46,35 @@ class EstimateConfig:
         "help": "YAML file with these options; a `vlmpref train` config works too."})
     preset: Optional[str] = field(default=None, metadata={
         "help": "Take the settings of a memory preset (6gb, 8gb, 12gb, 24gb, 80gb); flags override it."})
-    quantization: Literal["none", "8bit", "4bit"] = field(default="4bit", metadata={
-        "help": "Base weights as none (bf16), 8bit or 4bit (NF4)."})
-    use_dora: bool = field(default=True, metadata={"help": "DoRA instead of plain LoRA."})
-    lora_r: int = field(default=8, metadata={"help": "Adapter rank."})
-    lora_target_modules: list[str] = field(default_factory=lambda: list(GUIDE_TARGET_MODULES), metadata={
-        "help": "Module names that get adapters."})
-    lora_scope: Literal["all", "language"] = field(default="all", metadata={
-        "help": "all: vision tower included (the guide); language: the language model only."})
-    engine: Literal["fast", "trl"] = field(default=_TRAIN_DEFAULTS["engine"], metadata={
-        "help": "Training engine, as in `vlmpref train`: fast (shared-prefix packing) or trl (TRL's DPOTrainer)."})
-    image_cache: Literal["auto", "on", "off"] = field(default="auto", metadata={
-        "help": "fast engine: reuse cached image features (no vision tower in training); auto = on with "
-                "--lora-scope language."})
-    pairs_per_forward: IntOrAuto = field(default="auto", metadata={
-        "help": "fast engine: pairs packed into one forward pass; auto: the most that fit the card, as `vlmpref "
-                "train` chooses them."})
-    per_device_train_batch_size: int = field(default=1, metadata={"help": "Preference pairs per forward pass."})
-    gradient_accumulation_steps: int = field(default=32, metadata={"help": "Forward passes per optimizer step."})
-    gradient_checkpointing: bool = field(default=True, metadata={"help": "Recompute activations to save memory."})
-    image_longest_edge: Optional[int] = field(default=None, metadata={
-        "help": "Resize images to this longest edge (pixels) before tiling; auto keeps the model's setting."})
     image_size: str = field(default="640x480", metadata={"help": "Typical image size of the data, WIDTHxHEIGHT."})
     prompt_tokens: int = field(default=20, metadata={"help": "Tokens of the chat markup and question, image excluded."})
     answer_tokens: int = field(default=120, metadata={
         "help": "Tokens of the longer answer of a pair (about 1.3 per English word)."})
     pairs: int = field(default=5000, metadata={"help": "Preference pairs per epoch, for the time estimate."})
-    num_train_epochs: float = field(default=5.0, metadata={"help": "Epochs, for the time estimate."})
     list_gpus: bool = field(default=False, metadata={"help": "List the GPUs the estimate knows and exit."})
     as_json: bool = field(default=False, metadata={"help": "Print the estimate as JSON."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow the model's own config code to run."})
 
     def __post_init__(self):
-        for name in ("pairs", "per_device_train_batch_size", "gradient_accumulation_steps", "lora_r"):
-            if getattr(self, name) <= 0:
-                raise VlmprefError(f"--{name.replace('_', '-')} must be positive, not {getattr(self, name)}.")
-        if self.num_train_epochs <= 0:
-            raise VlmprefError(f"--num-train-epochs must be positive, not {self.num_train_epochs}.")
+        self.check_run_options()
+        if self.pairs <= 0:
+            raise VlmprefError(f"--pairs must be positive, not {self.pairs}.")
+
+    def settings(self) -> RunSettings:
+        width, height = parse_image_size(self.image_size)
+        return run_settings(self, image_width=width, image_height=height, prompt_tokens=self.prompt_tokens,
+                            answer_tokens=self.answer_tokens)
 
 
-def run_settings(cfg) -> RunSettings:
-    """RunSettings from an EstimateConfig (or anything with the same option names, such as a TrainConfig)."""
-    width, height = parse_image_size(getattr(cfg, "image_size", "640x480"))
-    return RunSettings(
-        quantization=cfg.quantization, use_dora=cfg.use_dora, lora_r=cfg.lora_r,
-        lora_target_modules=tuple(cfg.lora_target_modules), lora_scope=cfg.lora_scope, image_width=width,
-        image_height=height, image_longest_edge=cfg.image_longest_edge,
-        prompt_tokens=getattr(cfg, "prompt_tokens", 20), answer_tokens=getattr(cfg, "answer_tokens", 120),
-        batch_size=cfg.per_device_train_batch_size, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        gradient_checkpointing=cfg.gradient_checkpointing, engine=getattr(cfg, "engine", "trl"),
-        image_cache=getattr(cfg, "image_cache", "auto"), pairs_per_forward=_packing(cfg),
-        epochs=cfg.num_train_epochs)
-
-
-def _packing(cfg) -> int | None:
-    """Pairs per forward as set, None for auto (planned per card by `with_auto_packing`)."""
-    value = getattr(cfg, "pairs_per_forward", None)
-    return None if value == "auto" else value
-
-
-def with_auto_packing(shape: ModelShape, settings: RunSettings, gpu: Gpu, cfg) -> tuple[RunSettings, str | None]:
+def with_auto_packing(shape: ModelShape, settings: RunSettings, gpu: Gpu) -> tuple[RunSettings, str | None]:
     """`settings` with the pairs per forward `vlmpref train` would choose on `gpu` when packing is auto."""
-    if settings.engine != "fast" or getattr(cfg, "pairs_per_forward", None) != "auto":
+    if settings.engine != "fast" or settings.pairs_per_forward != "auto":
         return settings, None
+    from vlmpref.plan.autopack import plan_packing  # imports torch: here, so `vlmpref estimate --help` stays quick
+
     budget = gpu.memory_gib - CALIBRATION["cuda_context_gib"]
-    plan = plan_packing(shape, settings, settings.batch_size * settings.gradient_accumulation_steps, budget, gpu.name)
+    plan = plan_packing(shape, settings, settings.effective_batch, budget, gpu.name)
     return dataclasses.replace(settings, pairs_per_forward=plan.pairs_per_forward), plan.reason
-
-
-def preset_settings(name: str, base: RunSettings) -> RunSettings:
-    """`base` with a preset's choices applied."""
-    values = preset_values(name)
-    mapping = {"per_device_train_batch_size": "batch_size"}
-    changes = {}
-    for key, value in values.items():
-        key = mapping.get(key, key)
-        if key in {f.name for f in dataclasses.fields(RunSettings)}:
-            changes[key] = tuple(value) if isinstance(value, list) else value
-    return dataclasses.replace(base, **changes)
-
-
-def preset_for(shape: ModelShape, settings: RunSettings, gpu: Gpu) -> tuple[str, Estimate] | None:
-    """The largest preset whose settings fit `gpu`, with its estimate."""
-    for name in reversed(PRESETS):
-        try:
-            est = estimate(shape, preset_settings(name, settings), gpu)
-        except VlmprefError:
-            return None  # preset files not found: no suggestion
-        if est.fits:
-            return name, est
-    return None
-
-
-def local_gpu() -> Gpu | None:
-    """This machine's first CUDA GPU, matched to the table by name when possible."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return None
-    props = torch.cuda.get_device_properties(0)
-    memory = props.total_memory / 2**30
-    name = props.name.lower()
-    # a table card matches when its model words (those with digits, "4070", "a100", "pcie") are in the name
-    for gpu in sorted(GPUS.values(), key=lambda g: -len(g.name)):
-        words = [w for w in gpu.name.lower().split() if any(c.isdigit() for c in w) and not w.endswith("gb")]
-        words += [w for w in ("pcie", "laptop", "ti", "super") if w in gpu.name.lower().split()]
-        if words and all(w in name for w in words) and abs(gpu.memory_gib - memory) < 2:
-            return dataclasses.replace(gpu, memory_gib=round(memory, 1))
-    return Gpu(props.name, round(memory, 1), 50.0, 500.0, "throughput not in the table; assumed an RTX 4070's")
 
 
 def run_estimate(cfg: EstimateConfig, console: Console | None = None) -> dict:
@@ -165,17 +82,17 @@ def run_estimate(cfg: EstimateConfig, console: Console | None = None) -> dict:
     if cfg.list_gpus:
         _print_gpus(console)
         return {}
-    settings = run_settings(cfg)
+    settings = cfg.settings()
     shape = describe_model(cfg.model, cfg.trust_remote_code)
     gpu = find_gpu(cfg.gpu) if cfg.gpu else local_gpu()
     cards = [gpu] if gpu else [GPUS[key] for key in TABLE_GPUS]
-    planned = [with_auto_packing(shape, settings, card, cfg) for card in cards]
+    planned = [with_auto_packing(shape, settings, card) for card in cards]
     estimates = [estimate(shape, card_settings, card) for (card_settings, _), card in zip(planned, cards)]
     report = _as_dict(estimates[0], cfg, cards)
     report["gpus"] = [_gpu_dict(est, cfg) for est in estimates]
     suggestion = None
     if gpu and not estimates[0].fits:
-        suggestion = preset_for(shape, settings, gpu)
+        suggestion = preset_that_fits(shape, settings, gpu)
         report["preset_that_fits"] = suggestion[0] if suggestion else None
     if cfg.as_json:
         print(json.dumps(report, indent=2))
@@ -212,7 +129,7 @@ def _settings_lines(est: Estimate, cfg: EstimateConfig) -> list[str]:
         f"image {s.image_width}x{s.image_height} -> {est.image.tiles} tile(s), {est.image.tokens:,} tokens; "
         f"sequence {est.sequence_tokens:,} tokens, {per_pair}{cache}",
         f"{s.quantization} base, {adapter} r={s.lora_r} on {where}: {est.trainable_params / 1e6:.2f}M trainable; "
-        f"batch {s.batch_size} x {s.gradient_accumulation_steps} accumulation"
+        f"batch {s.per_device_train_batch_size} x {s.gradient_accumulation_steps} accumulation"
         f"{f', {s.pairs_in_forward} pair(s) per forward' if s.engine == 'fast' else ''}, gradient checkpointing "
         f"{'on' if s.gradient_checkpointing else 'off'}, engine {s.engine}",
     ]

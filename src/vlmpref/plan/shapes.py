@@ -1,28 +1,25 @@
 """What a model is made of, read from its config alone: layers, widths, linear layers, image tiling.
 
-    from vlmpref.models.shapes import describe_model, image_tokens
+    from vlmpref.plan.shapes import describe_model, image_tokens
     shape = describe_model("smolvlm-2.2b")                  # a replica name, a local folder or a Hub id
     image_tokens(shape, 640, 480)                           # ImageTokens(tiles=13, tokens=1093, ...)
 
 The model is instantiated on the meta device (no weights, no memory), so parameter counts and the list of
 linear layers are exact for any architecture transformers knows. Image tokens follow each family's image
-processor: Idefics3 (SmolVLM) tiles the resized image; LLaVA-style models and Gemma 3 take one fixed-size
-image; Qwen2-VL / Qwen2.5-VL / Qwen3-VL resize to a multiple of patch x merge within a pixel budget (dynamic
+processor: Idefics3 (SmolVLM) tiles the resized image (the image processor's own
+`get_number_of_image_patches`); LLaVA-style models and Gemma 3 take one fixed-size image; Qwen2-VL / Qwen2.5-VL / Qwen3-VL resize to a multiple of patch x merge within a pixel budget (dynamic
 resolution, transformers' own `smart_resize`); InternVL picks a grid of tiles by aspect ratio (transformers'
 own `get_optimal_tiled_canvas`) plus a thumbnail.
 """
 
 from __future__ import annotations
 
+import functools
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from vlmpref.errors import VlmprefError
-
-MAX_IMAGE_SIZE = 4096  # Idefics3's absolute cap on the resized image
-
 
 @dataclass(frozen=True)
 class Linear:
@@ -253,27 +250,13 @@ def describe_model(model, trust_remote_code: bool = False, processor=None) -> Mo
 # ---- image tokens
 
 
-def _rescale_to_max_len(height: int, width: int, max_len: int) -> tuple[int, int]:
-    """Idefics3's resize: the longest edge becomes max_len (up or down), the other keeps the aspect, made even."""
-    aspect = width / height
-    if width >= height:
-        width = max_len
-        height = int(width / aspect)
-        height += height % 2
-    else:
-        height = max_len
-        width = int(height * aspect)
-        width += width % 2
-    return max(height, 1), max(width, 1)
+@functools.lru_cache(maxsize=32)
+def _idefics3_image_processor(longest_edge: int, tile: int):
+    """Idefics3's own image processor at a model's settings, for its tiling when no processor is at hand."""
+    from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
 
-
-def _scale_below(height: int, width: int, max_len: int) -> tuple[int, int]:
-    aspect = width / height
-    if width >= height and width > max_len:
-        width, height = max_len, int(max_len / aspect)
-    elif height > width and height > max_len:
-        height, width = max_len, int(max_len * aspect)
-    return max(height, 1), max(width, 1)
+    return Idefics3ImageProcessorPil(size={"longest_edge": longest_edge}, max_image_size={"longest_edge": tile},
+                                     do_image_splitting=True)
 
 
 def qwen_max_pixels(shape: ModelShape, longest_edge: int | None) -> int:
@@ -318,8 +301,11 @@ def _fixed(shape: ModelShape, markup: int) -> ImageTokens:
                        pixels=shape.tile**2)
 
 
-def image_tokens(shape: ModelShape, width: int, height: int, longest_edge: int | None = None) -> ImageTokens:
-    """Tiles and language-model tokens for one `width` x `height` image, as the model's processor makes them."""
+def image_tokens(shape: ModelShape, width: int, height: int, longest_edge: int | None = None,
+                 image_processor=None) -> ImageTokens:
+    """Tiles and language-model tokens for one `width` x `height` image, as the model's processor makes them.
+
+    `image_processor`: the loaded Idefics3 / SmolVLM image processor, when one is at hand, for its tiling."""
     if shape.architecture == "llava":
         return _fixed(shape, 0)
     if shape.architecture == "gemma3":  # "\n\n<start_of_image>" + soft tokens + "<end_of_image>\n\n"
@@ -329,26 +315,19 @@ def image_tokens(shape: ModelShape, width: int, height: int, longest_edge: int |
     if shape.architecture == "internvl":
         return _internvl_tokens(shape, width, height, longest_edge)
     tile, seq = shape.tile, shape.image_seq_len
-    height, width = _rescale_to_max_len(height, width, longest_edge or shape.longest_edge)
-    height, width = _scale_below(height, width, MAX_IMAGE_SIZE)
     if not shape.image_splitting:
         return _fixed(shape, 3)
-    # resize_for_vision_encoder: both edges up to multiples of the tile, the short one derived from the long one
-    aspect = width / height
-    if width >= height:
-        width = math.ceil(width / tile) * tile
-        height = math.ceil(int(width / aspect) / tile) * tile
-    else:
-        height = math.ceil(height / tile) * tile
-        width = math.ceil(int(height * aspect) / tile) * tile
-    if height <= tile and width <= tile:
-        return ImageTokens(tiles=1, rows=0, cols=0, tokens=seq + 3, width=width, height=height,
+    # the tiling is the image processor's own: the loaded one where there is one, else one built at the settings
+    image_processor = image_processor or _idefics3_image_processor(shape.longest_edge, tile)
+    _, rows, cols = image_processor.get_number_of_image_patches(
+        height, width, {"size": {"longest_edge": longest_edge}} if longest_edge else {})
+    if not rows:
+        return ImageTokens(tiles=1, rows=0, cols=0, tokens=seq + 3, width=tile, height=tile,
                            patches=shape.patches_per_tile, features=seq, pixels=tile**2)
-    rows, cols = (height - tile) // tile + 1, (width - tile) // tile + 1
     tiles = rows * cols + 1
     # per tile: <fake><row_i_col_j> + seq image tokens; "\n" after each row; then "\n<fake><global-img>" + seq + <fake>
     tokens = rows * (cols * (seq + 2) + 1) + seq + 3
-    return ImageTokens(tiles=tiles, rows=rows, cols=cols, tokens=tokens, width=width, height=height,
+    return ImageTokens(tiles=tiles, rows=rows, cols=cols, tokens=tokens, width=cols * tile, height=rows * tile,
                        patches=tiles * shape.patches_per_tile, features=tiles * seq, pixels=tiles * tile**2)
 
 

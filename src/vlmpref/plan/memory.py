@@ -1,6 +1,6 @@
 """Will the run fit the GPU? Checked before the model is loaded, and explained again after an out-of-memory.
 
-The estimate is `vlmpref estimate`'s (models/estimate.py), fed with this run's settings and what the data
+The estimate is `vlmpref estimate`'s (plan/estimate.py), fed with this run's settings and what the data
 holds: the largest image and the longest answer of a sample of rows. When the free memory is too small the
 run stops before loading anything, with the estimate and the changes that would make it fit, each with its
 own estimate (4-bit weights, adapters on the language model only, smaller images, shorter answers, a
@@ -15,17 +15,16 @@ from pathlib import Path
 import torch
 
 from vlmpref.errors import VlmprefError
-from vlmpref.models.estimate import GIB, Estimate, RunSettings, estimate
-from vlmpref.models.gpus import Gpu, generic_gpu
-from vlmpref.models.shapes import ModelShape, describe_model, image_tokens
+from vlmpref.plan.estimate import GIB, Estimate, RunSettings, estimate, run_settings
+from vlmpref.plan.gpus import Gpu, generic_gpu
+from vlmpref.plan.presets import preset_that_fits
+from vlmpref.plan.shapes import ModelShape, describe_model, image_tokens
 
 SAMPLE_ROWS = 64
 
 
 def data_settings(cfg, rows, processor) -> RunSettings:
-    """The run's settings, with image size and token counts taken from a sample of the training rows."""
-    from vlmpref.train.plan import run_settings
-
+    """The run's settings (`cfg`: a TrainConfig), with image size and token counts from a sample of the rows."""
     return measured_settings(run_settings(cfg), rows, processor, cfg.max_length,
                              lambda: describe_model(cfg.model, cfg.trust_remote_code))
 
@@ -55,7 +54,8 @@ def measured_settings(settings: RunSettings, rows, processor, max_length: int | 
     if max_length:  # answers are cut at max_length
         shape = shape() if callable(shape) else shape
         image = 0 if not sizes else image_tokens(shape, settings.image_width, settings.image_height,
-                                                 settings.image_longest_edge).tokens
+                                                 settings.image_longest_edge,
+                                                 getattr(processor, "image_processor", None)).tokens
         room = max(1, max_length - settings.prompt_tokens - image)
         settings = dataclasses.replace(settings, answer_tokens=min(settings.answer_tokens, room))
     return settings
@@ -94,16 +94,16 @@ def ways_to_fit(shape: ModelShape, settings: RunSettings, gpu: Gpu, available_gi
                         dataclasses.replace(settings, answer_tokens=128)))
     if settings.pairs_in_forward > 1:
         flag = "--pairs-per-forward 1" if settings.engine == "fast" else "--per-device-train-batch-size 1"
-        options.append((flag, dataclasses.replace(settings, batch_size=1, pairs_per_forward=None)))
+        options.append((flag, dataclasses.replace(settings, per_device_train_batch_size=1, pairs_per_forward=1)))
     if not settings.gradient_checkpointing:
         options.append(("--gradient-checkpointing", dataclasses.replace(settings, gradient_checkpointing=True)))
     lines = []
     for flag, changed in options:
         need = _needed(estimate(shape, changed, gpu))
         lines.append((need > available_gib, need, f"{flag}: {need:.1f} GiB{' (fits)' if need <= available_gib else ''}"))
-    preset = _preset_that_fits(shape, settings, available_gib)
+    preset = preset_that_fits(shape, settings, gpu, available_gib)
     if preset:
-        lines.append((False, 0.0, f"--preset {preset[0]}: {preset[1]:.1f} GiB (fits)"))
+        lines.append((False, 0.0, f"--preset {preset[0]}: {_needed(preset[1]):.1f} GiB (fits)"))
     return [text for _, _, text in sorted(lines, key=lambda x: (x[0], x[1]))]
 
 
@@ -118,21 +118,6 @@ def _smaller_edges(shape: ModelShape, settings: RunSettings) -> list[int]:
     else:
         return []
     return [edge for edge in edges if edge < current]
-
-
-def _preset_that_fits(shape: ModelShape, settings: RunSettings, available_gib: float) -> tuple[str, float] | None:
-    from vlmpref.config import PRESETS
-    from vlmpref.train.plan import preset_settings
-
-    gpu = generic_gpu(available_gib)
-    for name in reversed(PRESETS):
-        try:
-            need = _needed(estimate(shape, preset_settings(name, settings), gpu))
-        except VlmprefError:
-            return None
-        if need <= available_gib:
-            return name, need
-    return None
 
 
 def _estimate_line(est: Estimate) -> str:

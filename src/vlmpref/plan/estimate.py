@@ -1,7 +1,7 @@
 """Will this run fit my GPU, and how long will it take? Memory and time of a DPO run, from the config alone.
 
-    from vlmpref.models.estimate import RunSettings, estimate
-    est = estimate("smolvlm-2.2b", RunSettings(quantization="4bit", use_dora=True), gpu="rtx-4070")
+    from vlmpref.plan.estimate import RunSettings, estimate
+    est = estimate("smolvlm-2.2b", RunSettings(engine="fast", pairs_per_forward=4), gpu="rtx-4070")
     est.memory.reserved_gib, est.fits, est.seconds_per_pair
 
 The memory model follows what is alive at the peak of a training step (weights, adapter with its gradients
@@ -29,15 +29,13 @@ import dataclasses
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Literal, Optional
 
 from vlmpref.errors import VlmprefError
-from vlmpref.models.gpus import Gpu, find_gpu, generic_gpu
-from vlmpref.models.shapes import ImageTokens, ModelShape, describe_model, image_tokens
+from vlmpref.plan.gpus import Gpu, find_gpu
+from vlmpref.plan.options import RunOptions
+from vlmpref.plan.shapes import ImageTokens, ModelShape, describe_model, image_tokens
 
 GIB = 2**30
-GUIDE_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-Engine = Literal["trl", "fast"]
 
 # ---- calibration: the only numbers fitted to measurements; everything else is counted
 CALIBRATION = {
@@ -83,26 +81,13 @@ TRL_LOGIT_COLUMNS = 32768  # TRL's fused LM head scores the vocabulary in chunks
 
 
 @dataclass
-class RunSettings:
-    """The settings of a training run that decide its memory and time."""
+class RunSettings(RunOptions):
+    """A run's options (RunOptions: the same names and defaults as `vlmpref train`) and the data's sizes."""
 
-    quantization: Literal["none", "8bit", "4bit"] = "4bit"
-    use_dora: bool = True
-    lora_r: int = 8
-    lora_target_modules: tuple[str, ...] = GUIDE_TARGETS
-    lora_scope: Literal["all", "language"] = "all"
     image_width: int = 640
     image_height: int = 480
-    image_longest_edge: Optional[int] = None  # None: the processor's own setting
     prompt_tokens: int = 20  # chat markup and question, without the image
     answer_tokens: int = 120  # the longer of chosen and rejected (~90 English words)
-    batch_size: int = 1  # pairs per forward pass
-    gradient_accumulation_steps: int = 1
-    gradient_checkpointing: bool = True
-    engine: Engine = "trl"
-    image_cache: Literal["auto", "on", "off"] = "auto"  # fast engine: auto = on when the vision tower is frozen
-    pairs_per_forward: Optional[int] = None  # fast engine: pairs packed into one forward; None = batch_size
-    epochs: float = 5.0  # spreads the fast engine's once-per-run work (reference log-probs, image cache)
 
     @property
     def cached_images(self) -> bool:
@@ -112,7 +97,16 @@ class RunSettings:
 
     @property
     def pairs_in_forward(self) -> int:
-        return (self.pairs_per_forward or self.batch_size) if self.engine == "fast" else self.batch_size
+        """Pairs in one forward pass; the fast engine's `auto` means unplanned here (see `plan_packing`)."""
+        if self.engine == "fast" and self.pairs_per_forward != "auto":
+            return self.pairs_per_forward
+        return self.per_device_train_batch_size
+
+
+def run_settings(options: RunOptions, **data_sizes) -> RunSettings:
+    """RunSettings of a TrainConfig or EstimateConfig (any RunOptions), with the data's sizes where given
+    (image_width, image_height, prompt_tokens, answer_tokens)."""
+    return RunSettings(**{f.name: getattr(options, f.name) for f in dataclasses.fields(RunOptions)}, **data_sizes)
 
 
 @dataclass
@@ -409,7 +403,7 @@ def seconds_per_pair(shape: ModelShape, settings: RunSettings, image: ImageToken
     once = max(once_flops * pairs / rate, launches / 3 + pairs * cal["data_seconds_per_pair"]) if once_flops else 0.0
     bound = "host overhead (kernel launches)" if host_seconds >= gpu_seconds else (
         "GPU compute" if compute >= traffic else "GPU memory bandwidth")
-    return (step + once / settings.epochs) / pairs, bound, flops
+    return (step + once / settings.num_train_epochs) / pairs, bound, flops
 
 
 # ---- the whole estimate
@@ -436,54 +430,12 @@ def estimate(model: str | ModelShape, settings: RunSettings, gpu: str | Gpu = "h
                     memory=memory, flops_per_pair=flops, seconds_per_pair=per_pair, bound=bound, notes=notes)
 
 
-# ---- packing: how many pairs per forward fit a memory budget
-
-PACKING_MARGIN = 0.15  # the estimate's error band against measured peaks (benchmarks/ESTIMATE_VS_MEASURED.md)
-
-
-@dataclass
-class PackingPlan:
-    """The fast engine's pairs per forward, chosen for a memory budget, and why."""
-
-    pairs_per_forward: int
-    budget_gib: float
-    needed_gib: dict[int, float]  # estimated peak reserved GiB per candidate packing
-    reason: str
-
-    def as_dict(self) -> dict:
-        return {"pairs_per_forward": self.pairs_per_forward, "budget_gib": self.budget_gib,
-                "margin": PACKING_MARGIN, "estimated_gib": {str(k): round(v, 2) for k, v in self.needed_gib.items()},
-                "reason": self.reason}
-
-
-def divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
-
-
-def plan_packing(shape: ModelShape, settings: RunSettings, effective_batch: int, budget_gib: float,
-                 where: str = "the GPU") -> PackingPlan:
-    """The largest number of pairs per forward that divides `effective_batch` and whose estimated peak, plus
-    PACKING_MARGIN, fits `budget_gib` of free memory on `where`."""
-    candidates = divisors(effective_batch)
-    needed = {d: estimate(shape, dataclasses.replace(settings, engine="fast", pairs_per_forward=d), generic_gpu(
-        budget_gib)).memory.reserved_gib for d in candidates}
-    fitting = [d for d in candidates if needed[d] * (1 + PACKING_MARGIN) <= budget_gib]
-    chosen = max(fitting) if fitting else 1
-    larger = [d for d in candidates if d > chosen]
-    why = (f"estimated {needed[chosen]:.1f} GiB + {PACKING_MARGIN:.0%} margin fits the {budget_gib:.1f} GiB free on "
-           f"{where}" if fitting else f"even 1 pair is estimated at {needed[1]:.1f} GiB of {budget_gib:.1f} GiB free "
-           f"on {where}; trying it anyway")
-    if fitting and larger:
-        why += f"; {larger[0]} would need {needed[larger[0]]:.1f} GiB"
-    return PackingPlan(chosen, budget_gib, needed, f"{chosen} pair(s) per forward (auto, out of "
-                       f"{', '.join(map(str, candidates))}: {why})")
-
-
 def _check(settings: RunSettings) -> None:
-    for name in ("lora_r", "batch_size", "gradient_accumulation_steps", "image_width", "image_height", "answer_tokens"):
+    for name in ("lora_r", "per_device_train_batch_size", "gradient_accumulation_steps", "image_width", "image_height",
+                 "answer_tokens"):
         if getattr(settings, name) <= 0:
             raise VlmprefError(f"--{name.replace('_', '-')} must be positive, not {getattr(settings, name)}.")
-    if settings.pairs_per_forward is not None and settings.pairs_per_forward <= 0:
+    if settings.pairs_per_forward != "auto" and settings.pairs_per_forward <= 0:
         raise VlmprefError(f"--pairs-per-forward must be positive, not {settings.pairs_per_forward}.")
     if settings.prompt_tokens < 0:
         raise VlmprefError(f"--prompt-tokens must be zero or more, not {settings.prompt_tokens}.")
