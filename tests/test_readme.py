@@ -216,7 +216,9 @@ def test_every_readme_command_parses_and_resolves_with_the_current_options(readm
             namespace, unknown = build_parser(only=name).parse_known_args(argv)
             assert not unknown, f"{command}: unknown option {unknown[0]}"
             args = {k: v for k, v in vars(namespace).items() if k not in ("_command", "command", "subcommand")}
-            config_io.resolve(COMMANDS[name].config(), flags=args, yaml_path=args.pop("config", None))
+            entry = COMMANDS[name]  # resolved as `vlmpref` resolves it (estimate reads a train YAML)
+            borrowed = entry.reads_yaml_of() if entry.reads_yaml_of else None
+            config_io.resolve(entry.config(), flags=args, yaml_path=args.pop("config", None), borrowed_from=borrowed)
     finally:
         os.chdir(before)
 
