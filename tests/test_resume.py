@@ -251,7 +251,7 @@ def test_resume_refusals_are_one_line(tmp_path, capsys):
 
 
 def test_busy_output_folder_points_to_resume_and_overwrite_clears_the_old_run(tmp_path, tiny_model_dir, shapes_dir):
-    from vlmpref.train.run import prepare_output_dir
+    from vlmpref.train.run import prepare_run_dir as prepare_output_dir
 
     out = _saved_run(tmp_path)
     (out / "checkpoint-4").mkdir()

@@ -12,6 +12,6 @@ Stages import only from earlier stages: data -> models -> train -> generate -> e
 
 __version__ = "0.1.0"
 
-from vlmpref._torchvision import declare_missing_ops
+from vlmpref._torchvision import declare_missing_ops_on_import
 
-declare_missing_ops()  # before transformers imports torchvision (see the module)
+declare_missing_ops_on_import()  # before anything imports torchvision (see the module), without importing torch now

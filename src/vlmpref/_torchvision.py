@@ -16,6 +16,26 @@ from pathlib import Path
 _LIBRARY = None  # the declared schemas live as long as this reference
 
 
+class _BeforeTorchvision:
+    """An import hook that declares the ops just before torchvision is first imported (or looked up).
+
+    Declaring them needs torch; doing it at `import vlmpref` would cost every `vlmpref --help` torch's import.
+    """
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "torchvision":
+            sys.meta_path.remove(self)
+            declare_missing_ops()
+        return None  # the ordinary finders import it
+
+
+def declare_missing_ops_on_import() -> None:
+    """Run `declare_missing_ops` when torchvision is first imported; at once if it already was."""
+    if "torchvision" in sys.modules or any(isinstance(f, _BeforeTorchvision) for f in sys.meta_path):
+        return
+    sys.meta_path.insert(0, _BeforeTorchvision())
+
+
 def declare_missing_ops() -> bool:
     """Declare torchvision::nms and ::qnms if torchvision is installed, not yet imported, and its ops cannot load.
     Returns True when it declared them."""

@@ -15,6 +15,8 @@ from typing import Callable
 
 from rich.console import Console
 
+from vlmpref.terminal import make_console
+
 VARIANTS = (("SFT only", ["sft"]), ("DPO only", ["sigmoid"]), ("DPO + SFT", ["sigmoid", "sft"]))
 
 
@@ -30,7 +32,7 @@ def run_ablation(loss_type: list[str], train_variant: Callable[[list[str], Path]
     from vlmpref.eval.evaluate import read_eval
     from vlmpref.report.ablation import markdown_ablation, print_ablation
 
-    console = console or Console()
+    console = console or make_console()
     folders = {}
     for name, losses in VARIANTS:
         if list(loss_type) == losses and (out / "eval_after" / "metrics.json").is_file():

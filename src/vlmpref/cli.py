@@ -31,6 +31,7 @@ from typing import Callable
 
 from vlmpref import config as config_io
 from vlmpref.errors import VlmprefError
+from vlmpref.terminal import make_console
 
 
 # ---- what each command does
@@ -101,25 +102,32 @@ def _cmd_compare(cfg):
 
 
 def _cmd_data_check(cfg):
-    from rich.console import Console
+    from rich.markup import escape
 
     from vlmpref.data.check import run_check
 
-    processor = None
+    processor = policy = None
     if cfg.model:
         from vlmpref.models import load_processor
 
         processor = load_processor(cfg.model, cfg.trust_remote_code)
-    report = run_check(cfg, processor)
-    console = Console()
-    console.print(f"[bold]{report['dataset']} [{report['split']}][/]: {report['rows']} rows, "
-                  f"{report['rows_used']} usable, {report['rows_set_aside']} set aside")
-    console.print("columns: " + ", ".join(f"{k} ({v})" for k, v in report["columns"].items()), soft_wrap=True)
+    if cfg.max_length:
+        from vlmpref.train.lengths import apply_length_policy
+
+        def policy(data):
+            apply_length_policy(data, processor, cfg.max_length, cfg.truncation)
+    report = run_check(cfg, processor, length_policy=policy)
+    console = make_console()
+    # escaped: rich would read the split label, "[train]", as a style tag and drop it
+    console.print(f"[bold]{escape(report['dataset'])} {escape('[' + report['split'] + ']')}[/]: {report['rows']} "
+                  f"rows, {report['rows_used']} usable, {report['rows_set_aside']} set aside"
+                  + "".join(f"; {n} {escape(what)}" for what, n in report["rows_kept_with_changes"].items()))
+    console.print("columns: " + escape(", ".join(f"{k} ({v})" for k, v in report["columns"].items())), soft_wrap=True)
     for key in ("images", "tokens"):
         if report.get(key):
-            console.print(f"{key}: {json.dumps(report[key])}", soft_wrap=True)
+            console.print(f"{key}: {escape(json.dumps(report[key]))}", soft_wrap=True)
     for row in report["problem_rows"][:50]:
-        console.print(f"  row {row['row_id']}: {row['reason']}", soft_wrap=True)
+        console.print(f"  row {row['row_id']}: {escape(row['reason'])}", soft_wrap=True)
     if len(report["problem_rows"]) > 50:
         where = f"{cfg.output_dir}/rejected_rows.jsonl" if cfg.output_dir else "--output-dir DIR to write them all"
         console.print(f"  ... and {len(report['problem_rows']) - 50} more ({where})")
@@ -277,12 +285,12 @@ def _quiet_libraries():
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message=".*use_reentrant.*")
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
-    try:
+    if "transformers" in sys.modules:  # already imported (by a caller of main): set its level directly
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
-    except ImportError:
-        pass
+    else:  # read when transformers is first imported, so `--help` need not import it
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
 def _report_in_one_of_several_processes(exc: VlmprefError) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import os
 import types
 import typing
 from pathlib import Path
@@ -226,13 +227,49 @@ def resolve(cls: type, flags: dict[str, Any] | None = None, yaml_path: str | Pat
         from_yaml = {k: v for k, v in from_yaml.items() if k not in ("overwrite", "config", "resume")}
         from_yaml["output_dir"] = str(resume)
     values.update({k: _coerce(k, hints[k], v, f"config file {yaml_path}") for k, v in from_yaml.items()})
+    if hasattr(cls, "follow_given"):  # options of the file that described something the flags replaced
+        cls.follow_given(values, given)
     values.update(given)
     if "config" in hints and yaml_path and not resume:
         values["config"] = str(yaml_path)
-    try:
-        return cls(**values)
-    except TypeError as exc:  # a required field left out
-        raise VlmprefError(f"{exc}; give it as a flag or in the YAML file.") from None
+    missing = [f for f in dataclasses.fields(cls) if f.name not in values and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        flag = "--" + missing[0].name.replace("_", "-")
+        raise VlmprefError(f"{flag} is required ({missing[0].metadata.get('help', '').rstrip('.')}); give it as "
+                           f"{flag} or as {missing[0].name}: in a --config file.")
+    return cls(**absolute_paths(cls, values))
+
+
+def absolute_paths(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """`values` with the fields marked as paths made absolute, so a saved config means the same from any folder.
+
+    A field's `metadata["path"]` says which kind: "out" (a folder to write: always absolute), "in" (a file,
+    folder or Hub id: absolute when it exists here, else left as typed, so Hub ids stay ids).
+    """
+    kinds = {f.name: f.metadata.get("path") for f in dataclasses.fields(cls)}
+    out = dict(values)
+    for name, value in values.items():
+        kind = kinds.get(name)
+        if kind and value:
+            out[name] = [_absolute(v, kind) for v in value] if isinstance(value, list) else _absolute(value, kind)
+    return out
+
+
+def with_absolute_paths(cfg: Any) -> Any:
+    """A config built in Python (not through `resolve`) with its path fields made absolute, as `resolve` does."""
+    values = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+    absolute = absolute_paths(type(cfg), values)
+    return cfg if absolute == values else dataclasses.replace(cfg, **absolute)
+
+
+def _absolute(value: str, kind: str) -> str:
+    path = os.path.expanduser(str(value))
+    if os.path.isabs(path):
+        return path
+    if kind == "out" or os.path.exists(path):
+        return os.path.abspath(path)
+    return str(value)
 
 
 def _resume_file(cls: type, folder: str, yaml_path: str | Path | None) -> Path:

@@ -22,21 +22,16 @@ from importlib import resources
 from pathlib import Path
 from typing import Optional
 
-import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from vlmpref import config as config_io
 from vlmpref.config import Quantization
-from vlmpref.data import load_preference_data
-from vlmpref.data.synthetic import make_splits
 from vlmpref.errors import VlmprefError
-from vlmpref.eval.evaluate import evaluate, write_eval
-from vlmpref.models import load_model, load_processor
-from vlmpref.report.run import compare_folders
-from vlmpref.report.table import markdown_rows
+from vlmpref.runs import prepare_output_dir
+from vlmpref.terminal import make_console
 from vlmpref.train.config import TrainConfig
-from vlmpref.train.run import prepare_output_dir, train
 
 
 def demo_base_path() -> Path:
@@ -47,7 +42,7 @@ def demo_base_path() -> Path:
 class DemoConfig:
     """Options of `vlmpref demo`."""
 
-    output_dir: str = field(default="runs/demo", metadata={"help": "Folder for everything the demo makes."})
+    output_dir: str = field(default="runs/demo", metadata={"path": "out", "help": "Folder for everything the demo makes."})
     config: Optional[str] = field(default=None, metadata={"help": "YAML file with these options; flags override it."})
     model: Optional[str] = field(default=None, metadata={
         "help": "Base model; auto uses the tiny shapes-world model shipped with vlmpref."})
@@ -92,8 +87,8 @@ def _examples_table(before: list[dict], after: list[dict], n: int) -> Table:
     changed = [i for i, (b, a) in enumerate(zip(before, after)) if b["correct"] != a["correct"]]
     chosen = (changed + [i for i in range(len(before)) if i not in changed])[:n]
     for i in chosen:
-        mark = lambda s: f"{'[green]✓' if s['correct'] else '[red]✗'}[/] {s['generated']}"
-        table.add_row(before[i]["question"], before[i]["chosen"], mark(before[i]), mark(after[i]))
+        mark = lambda s: f"{'[green]✓' if s['correct'] else '[red]✗'}[/] {escape(s['generated'])}"
+        table.add_row(escape(before[i]["question"]), escape(before[i]["chosen"]), mark(before[i]), mark(after[i]))
     return table
 
 
@@ -105,7 +100,18 @@ def _eval_info(cfg: DemoConfig, base: str, adapter, held_out) -> dict:
 
 
 def run_demo(cfg: DemoConfig, console: Console | None = None) -> dict:
-    console = console or Console()
+    # the stages load here, not at import, so `vlmpref demo --help` does not wait for torch and TRL
+    import torch
+
+    from vlmpref.data import load_preference_data
+    from vlmpref.data.synthetic import make_splits
+    from vlmpref.eval.evaluate import evaluate, write_eval
+    from vlmpref.models import load_model, load_processor
+    from vlmpref.report.run import compare_folders
+    from vlmpref.report.table import markdown_rows
+    from vlmpref.train.run import train
+
+    console = console or make_console()
     started = time.time()
     out = prepare_output_dir(cfg.output_dir, cfg.overwrite)
     config_io.save(cfg, out / "demo_config.yaml")
@@ -120,7 +126,7 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> dict:
     data_dir = out / "data"
     make_splits(cfg.train_scenes, cfg.test_scenes, seed=cfg.seed).save_to_disk(str(data_dir))
     held_out = load_preference_data(str(data_dir), "test", num_proc=1)
-    console.print(f"train: {cfg.train_scenes * 5} pairs; held-out: {held_out.summary()}")
+    console.print(f"train: {cfg.train_scenes * 5} pairs; held-out: {held_out.summary()}", markup=False)
 
     # ---- before: the 4-bit base
     console.rule("2/4 base model, before tuning")
@@ -149,9 +155,9 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> dict:
     (out / "demo_summary.json").write_text(json.dumps(summary, indent=2))
     (out / "demo_summary.md").write_text(f"# vlmpref demo\n\n{markdown_rows(rows, headline_only=True)}\n"
                                          f"\nTotal time {seconds:.0f} s. Report: report/report.html\n")
-    console.print(f"Demo finished in {seconds:.0f} s; outputs in {out}")
+    console.print(f"Demo finished in {seconds:.0f} s; outputs in {out}", markup=False)
     console.print(f"See base and tuned answer side by side, browse the evaluation, or train again in the web UI: "
-                  f"{ui_command(out)}", soft_wrap=True)
+                  f"{ui_command(out)}", soft_wrap=True, markup=False)  # markup would eat "[ui]"
 
     # ---- ablation (optional, after the timed demo): the same budget with each objective
     if cfg.ablation:

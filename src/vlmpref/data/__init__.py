@@ -15,12 +15,13 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from datasets import Dataset, concatenate_datasets
+from typing import TYPE_CHECKING
 
 from vlmpref.data.images import DEFAULT_MAX_PIXELS
-from vlmpref.data.normalize import normalize
-from vlmpref.data.sources import base_folder, load_raw
 from vlmpref.errors import VlmprefError
+
+if TYPE_CHECKING:  # datasets loads with the data, so importing a config of this stage stays quick
+    from datasets import Dataset
 
 __all__ = ["PreferenceData", "load_preference_data", "default_num_proc"]
 
@@ -60,15 +61,22 @@ class PreferenceData:
             line += " (" + "; ".join(f"{n} {what}" for what, n in self.kept_with_changes.most_common()) + ")"
         line += f", {len(self.set_aside)} set aside"
         if len(self.set_aside):
-            top = "; ".join(f"{n} x {reason}" for reason, n in self.reasons().most_common(3))
-            more = len(self.reasons()) - 3
-            line += f" ({top}{f'; {more} more kinds of problem' if more > 0 else ''})"
+            line += f" ({self.top_reasons(3)})"
         return f"{self.source} [{self.split}]: {line}"
+
+    def top_reasons(self, shown: int) -> str:
+        """The `shown` most common kinds of problem with their counts, and how many other kinds there are."""
+        reasons = self.reasons()
+        top = "; ".join(f"{n} x {reason}" for reason, n in reasons.most_common(shown))
+        more = len(reasons) - shown
+        return top + (f"; and {more} more kind{'s' if more > 1 else ''} of problem" if more > 0 else "")
 
     def set_aside_rows(self, problems: dict[int, str]) -> None:
         """Move the usable rows at these positions (position -> reason) to the set-aside rows."""
         if not problems:
             return
+        from datasets import Dataset, concatenate_datasets
+
         row_ids = self.dataset["row_id"]
         moved = Dataset.from_dict({"row_id": [row_ids[i] for i in problems],
                                    "problem": list(problems.values())}, features=self.set_aside.features)
@@ -82,9 +90,8 @@ class PreferenceData:
                                "row was set aside.")
         share = len(self.set_aside) / max(1, self.total)
         if share > max_fraction:
-            common = "; ".join(f"{n} x {r}" for r, n in self.reasons().most_common(2))
             raise VlmprefError(f"{len(self.set_aside)} of {self.total} rows ({share:.0%}) of {self.source} "
-                               f"[{self.split}] were set aside ({common}), more than --max-set-aside-fraction "
+                               f"[{self.split}] were set aside ({self.top_reasons(3)}), more than --max-set-aside-fraction "
                                f"{max_fraction:g} allows; fix the data (every reason is in {record}) or raise "
                                "--max-set-aside-fraction.")
 
@@ -109,6 +116,9 @@ def load_preference_data(dataset: str, split: str = "train", num_proc: int | Non
     Exact duplicate rows after the first are set aside ("duplicate of row N"), or kept and counted with
     `keep_duplicates=True`.
     """
+    from vlmpref.data.normalize import normalize
+    from vlmpref.data.sources import base_folder, load_raw
+
     raw = load_raw(dataset, split)
     usable, set_aside, kept = normalize(raw, where=f"Dataset {dataset} [{split}]", base=base_folder(dataset),
                                         allow_outside_paths=allow_outside_paths, max_pixels=max_image_pixels,

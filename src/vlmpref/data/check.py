@@ -2,6 +2,7 @@
 
     vlmpref data check --dataset HuggingFaceH4/rlaif-v_formatted --split "train[:1%]" --model HuggingFaceTB/SmolVLM-Instruct
     vlmpref data check --dataset runs/demo/data --split test
+    vlmpref data check --dataset data/prefs.jsonl --model runs/tiny --max-length 512 --truncation skip
 
 Reports rows used and set aside (each with its reason), columns, image sizes and modes as stored, and,
 with --model, token lengths of prompts, image tokens and answers as the model's processor counts them.
@@ -14,28 +15,32 @@ import statistics
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Literal, Optional
 
-from vlmpref.data import load_preference_data
 from vlmpref.data.images import DEFAULT_MAX_PIXELS
-from vlmpref.data.normalize import find_columns
-from vlmpref.data.sources import base_folder, load_raw
+from vlmpref.errors import VlmprefError
 
 
 @dataclass
 class DataCheckConfig:
     """Options of `vlmpref data check`."""
 
-    dataset: str = field(default="", metadata={"help": "Hub id, save_to_disk folder, folder of files, or a file."})
+    dataset: str = field(default="", metadata={"path": "in", "help": "Hub id, save_to_disk folder, folder of files, or a file."})
     split: Optional[str] = field(default=None, metadata={
         "help": "Split, slicing allowed (train[:6%]); auto: the split `vlmpref train` would use."})
-    model: Optional[str] = field(default=None, metadata={
+    model: Optional[str] = field(default=None, metadata={"path": "in", 
         "help": "Model whose processor counts tokens (prompt, image, answers); without it tokens are not counted."})
     token_rows: int = field(default=200, metadata={"help": "Rows sampled for the token counts."})
-    output_dir: Optional[str] = field(default=None, metadata={
+    output_dir: Optional[str] = field(default=None, metadata={"path": "out", 
         "help": "Also write data_check.json and rejected_rows.jsonl here."})
-    config: Optional[str] = field(default=None, metadata={"help": "YAML file with these options; flags override it."})
-    num_proc: Optional[int] = field(default=None, metadata={"help": "Processes for checking rows; auto up to 8."})
+    config: Optional[str] = field(default=None, metadata={"path": "in", "help": "YAML file with these options; flags override it."})
+    dataset_num_proc: Optional[int] = field(default=None, metadata={
+        "help": "Processes for checking rows and RGB conversion, as in train; auto uses up to 8 CPU cores."})
+    max_length: Optional[int] = field(default=None, metadata={
+        "help": "Apply train's --max-length to the pairs (needs --model): rows that cannot fit are listed, cut "
+                "answers counted; auto keeps everything."})
+    truncation: Literal["answer", "skip"] = field(default="answer", metadata={
+        "help": "Pairs over --max-length, as in train: answer keeps the row with the answer cut; skip sets it aside."})
     allow_outside_paths: bool = field(default=False, metadata={
         "help": "Allow image paths to point outside the dataset's folder."})
     max_image_pixels: int = field(default=DEFAULT_MAX_PIXELS, metadata={"help": "Refuse images with more pixels."})
@@ -46,9 +51,15 @@ class DataCheckConfig:
 
     def __post_init__(self):
         if not self.dataset:
-            from vlmpref.errors import VlmprefError
-
             raise VlmprefError("No dataset given; pass --dataset with a Hub id, a folder or a file.")
+        if self.max_length is not None and self.max_length <= 0:
+            raise VlmprefError(f"--max-length must be positive, not {self.max_length}.")
+        if self.max_length is not None and not self.model:
+            raise VlmprefError("--max-length counts tokens with a model's processor; add --model (the model you will "
+                               "train).")
+        if self.max_length is None and self.truncation != "answer":
+            raise VlmprefError("--truncation says what to do with pairs over --max-length, which is not set; give "
+                               "--max-length or remove --truncation.")
         if self.split is None:
             from vlmpref.data.sources import default_split
 
@@ -115,11 +126,18 @@ def token_stats(processor, rows, limit: int) -> dict:
             "pair_tokens_trl": _spread([2 * p + c + r for p, c, r in zip(prompt_len, chosen_len, rejected_len)])}
 
 
-def run_check(cfg: DataCheckConfig, processor=None) -> dict:
-    """The report as a dict; `processor` (the --model's, loaded by the caller) adds token counts."""
-    data = load_preference_data(cfg.dataset, cfg.split, num_proc=cfg.num_proc,
+def run_check(cfg: DataCheckConfig, processor=None, length_policy: Callable | None = None) -> dict:
+    """The report as a dict; `processor` (the --model's, loaded by the caller) adds token counts, and
+    `length_policy(data)` (train's --max-length policy, given by the caller) sets aside the pairs it would."""
+    from vlmpref.data import load_preference_data
+    from vlmpref.data.normalize import find_columns
+    from vlmpref.data.sources import base_folder, load_raw
+
+    data = load_preference_data(cfg.dataset, cfg.split, num_proc=cfg.dataset_num_proc,
                                 allow_outside_paths=cfg.allow_outside_paths, max_image_pixels=cfg.max_image_pixels,
                                 keep_duplicates=cfg.keep_duplicates)
+    if length_policy is not None and len(data.dataset):
+        length_policy(data)
     raw = load_raw(cfg.dataset, cfg.split)
     image_col = find_columns(raw.column_names, cfg.dataset)[0]
     report = {

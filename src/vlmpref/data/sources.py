@@ -10,10 +10,12 @@ import json
 import re
 from pathlib import Path
 
-import datasets
-from datasets import Dataset, DatasetDict, ReadInstruction
+from typing import TYPE_CHECKING
 
 from vlmpref.errors import VlmprefError
+
+if TYPE_CHECKING:  # datasets loads when data does, so `--help` and default splits stay quick
+    from datasets import Dataset, DatasetDict
 
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 # The guide's slices belong to the guide's dataset; any other dataset is used whole unless a slice is given
@@ -44,6 +46,17 @@ def default_split(dataset: str, role: str) -> str:
     return "test"
 
 
+def held_out_split(dataset: str) -> str | None:
+    """The held-out split `eval` would use, or None when the data has none (a single file, a folder of train data)."""
+    path = Path(dataset).expanduser()
+    if path.is_file():
+        return None
+    try:
+        return default_split(dataset, "eval")
+    except VlmprefError:
+        return None
+
+
 def _saved_split_names(path: Path) -> list[str]:
     """Split names of a `save_to_disk` folder or a folder of data files, without loading any data."""
     if (path / "dataset_dict.json").is_file():
@@ -72,6 +85,8 @@ def base_folder(dataset: str) -> Path | None:
 
 
 def _select_split(ds: DatasetDict | Dataset, split: str, where: str) -> Dataset:
+    from datasets import Dataset, DatasetDict, ReadInstruction
+
     if isinstance(ds, Dataset):
         ds = DatasetDict({"train": ds})
     name = split_name(split)
@@ -124,6 +139,7 @@ def _first_bad_line(path: Path) -> str | None:
 
 def _load_files(path: Path, split: str, builder: str | None = None) -> Dataset:
     """`load_dataset` on one data file (with its builder) or a folder of them, with unreadable text explained."""
+    import datasets
     import pyarrow as pa
 
     try:
@@ -146,6 +162,8 @@ def _load_files(path: Path, split: str, builder: str | None = None) -> Dataset:
 
 def load_raw(dataset: str, split: str = "train") -> Dataset:
     """Open `dataset` (Hub id, folder or file) and return the requested split, unmodified."""
+    import datasets
+
     path = Path(dataset).expanduser()
     try:
         if path.is_dir() and _is_saved_dataset(path):

@@ -200,7 +200,7 @@ def scene_rows(scene: Scene, image_size: tuple[int, int] = (64, 64),
 class SyntheticConfig:
     """Options of `vlmpref data synthetic`."""
 
-    output_dir: str = field(metadata={"help": "Folder for the dataset (written with save_to_disk: train, test)."})
+    output_dir: str = field(metadata={"path": "out", "help": "Folder for the dataset (written with save_to_disk: train, test)."})
     train_scenes: int = field(default=400, metadata={"help": "Number of training images (5 questions each)."})
     test_scenes: int = field(default=100, metadata={"help": "Number of held-out images, layouts disjoint from train."})
     image_size: int = field(default=64, metadata={"help": "Square image side, pixels."})

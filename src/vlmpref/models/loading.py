@@ -11,13 +11,14 @@ import contextlib
 import importlib.util
 import os
 from pathlib import Path
-
-import torch
-from transformers import AutoModelForImageTextToText, AutoProcessor, BitsAndBytesConfig
+from typing import TYPE_CHECKING
 
 from vlmpref.config import Quantization
 from vlmpref.errors import VlmprefError
 
+if TYPE_CHECKING:  # torch and transformers load when a model does, so `--help` stays quick
+    import torch
+    from transformers import BitsAndBytesConfig
 
 ALLOC_CONF = "PYTORCH_CUDA_ALLOC_CONF"
 
@@ -30,16 +31,22 @@ def prefer_expandable_segments() -> str | None:
     at the same speed (benchmarks/RESULTS.md, run 6). The allocator reads the setting when CUDA starts, so this
     must run first. Returns the setting in effect.
     """
+    import torch
+
     if ALLOC_CONF not in os.environ and "PYTORCH_ALLOC_CONF" not in os.environ and not torch.cuda.is_initialized():
         os.environ[ALLOC_CONF] = "expandable_segments:True"
     return os.environ.get(ALLOC_CONF, os.environ.get("PYTORCH_ALLOC_CONF"))
 
 
 def default_device() -> torch.device:
+    import torch
+
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
 def supports_bf16(device: torch.device) -> bool:
+    import torch
+
     return device.type == "cuda" and torch.cuda.is_bf16_supported()
 
 
@@ -52,6 +59,8 @@ def default_attention(device: torch.device) -> str:
 
 def quantization_config(quantization: Quantization, compute_dtype: torch.dtype) -> BitsAndBytesConfig | None:
     """The guide's 4-bit: NF4 with double quantization; 8-bit is LLM.int8()."""
+    from transformers import BitsAndBytesConfig
+
     if quantization == "4bit":
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                   bnb_4bit_compute_dtype=compute_dtype)
@@ -122,9 +131,16 @@ def hub_errors(model_id: str):
 
 def load_processor(model_id: str, trust_remote_code: bool = False):
     """The model's processor (tokenizer + image processor), with left padding for batched generation."""
+    from transformers import AutoProcessor
+
     _check_source(model_id)
     with hub_errors(model_id):
         processor = AutoProcessor.from_pretrained(model_id, trust_remote_code=trust_remote_code)
+    return prepare_processor(processor, model_id)
+
+
+def prepare_processor(processor, model_id: str):
+    """Check that `processor` has a tokenizer, give it a pad token and left padding (batched generation)."""
     tokenizer = getattr(processor, "tokenizer", None)
     if tokenizer is None:
         raise VlmprefError(f"'{model_id}' has no tokenizer in its processor, so it is not an image-text model.")
@@ -142,6 +158,9 @@ def load_model(model_id: str, quantization: Quantization = "none", dtype: torch.
     `dtype` defaults to bf16 on GPUs that support it and float32 on the CPU; quantized models compute in bf16
     on the GPU (the guide's setting). bitsandbytes 4-bit also runs on the CPU.
     """
+    import torch
+    from transformers import AutoModelForImageTextToText
+
     _check_source(model_id)
     _check_weights(model_id, allow_pickle)
     device = torch.device(device) if device is not None else default_device()

@@ -19,9 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
 
-import torch
-import yaml
-
 from vlmpref.config import Quantization
 from vlmpref.errors import VlmprefError
 
@@ -32,16 +29,16 @@ Dtype = Literal["bfloat16", "float16", "float32"]
 class MergeConfig:
     """Options of `vlmpref merge`."""
 
-    adapter: str = field(default="", metadata={
+    adapter: str = field(default="", metadata={"path": "in", 
         "help": "Adapter folder: the output of `vlmpref train` or a checkpoint folder inside it."})
-    output_dir: str = field(default="", metadata={"help": "Folder for the merged checkpoint and its processor."})
-    model: Optional[str] = field(default=None, metadata={
+    output_dir: str = field(default="", metadata={"path": "out", "help": "Folder for the merged checkpoint and its processor."})
+    model: Optional[str] = field(default=None, metadata={"path": "in", 
         "help": "Base model; auto reads it from the adapter (base_model_name_or_path)."})
     base_quantization: Optional[Quantization] = field(default=None, metadata={
         "help": "How the base was loaded in training; auto reads the run's vlmpref_config.yaml (none if absent). "
                 "A quantized base is loaded the same way, then dequantized before merging."})
     dtype: Dtype = field(default="bfloat16", metadata={"help": "Dtype of the merged weights."})
-    config: Optional[str] = field(default=None, metadata={"help": "YAML file with these options; flags override it."})
+    config: Optional[str] = field(default=None, metadata={"path": "in", "help": "YAML file with these options; flags override it."})
     overwrite: bool = field(default=False, metadata={"help": "Allow writing into a non-empty --output-dir."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow the model's own code to run."})
     allow_pickle: bool = field(default=False, metadata={"help": "Allow pickle (.bin) weights, which can run code."})
@@ -53,69 +50,29 @@ class MergeConfig:
             raise VlmprefError("No output folder given; pass --output-dir for the merged checkpoint.")
 
 
-def _adapter_settings(adapter: Path) -> tuple[str | None, str | None]:
-    """(base model, base quantization) recorded by PEFT and by `vlmpref train` (in the run or its parent)."""
-    config_file = adapter / "adapter_config.json"
-    if not config_file.is_file():
-        raise VlmprefError(f"{adapter} holds no adapter_config.json; point --adapter at the output folder of "
-                           "`vlmpref train` (or a checkpoint folder inside it).")
-    base = json.loads(config_file.read_text()).get("base_model_name_or_path")
-    quantization = None
-    for folder in (adapter, adapter.parent):
-        run_config = folder / "vlmpref_config.yaml"
-        if run_config.is_file():
-            quantization = (yaml.safe_load(run_config.read_text()) or {}).get("quantization")
-            break
-    return base, quantization
-
-
 def merge_adapter(cfg: MergeConfig) -> Path:
     """Merge `cfg.adapter` into its base and save a standard checkpoint with its processor to `cfg.output_dir`."""
-    from vlmpref.models.adapters import attach_adapter
-    from vlmpref.models.loading import load_model
+    import torch
 
-    adapter = Path(cfg.adapter).expanduser()
-    if not adapter.is_dir():
-        raise VlmprefError(f"Adapter folder {cfg.adapter} does not exist; check the path given to --adapter.")
-    recorded_base, recorded_quantization = _adapter_settings(adapter)
-    base = cfg.model or recorded_base
-    if not base:
-        raise VlmprefError(f"{adapter}/adapter_config.json does not name its base model; pass --model.")
-    quantization = cfg.base_quantization or recorded_quantization or "none"
+    from vlmpref.models.inference import inference_settings, load_for_inference
+    from vlmpref.runs import prepare_output_dir
+
+    settings = inference_settings(cfg.model, cfg.adapter, cfg.base_quantization)  # one-line errors before loading
     out = Path(cfg.output_dir)
     if out.exists() and any(out.iterdir()) and not cfg.overwrite:
         raise VlmprefError(f"Output folder {out} is not empty; choose another --output-dir or pass --overwrite.")
-    dtype = getattr(torch, cfg.dtype)
-
-    # Merge in fp32 so that DoRA's norm and the sum are not rounded twice; cast once when saving.
-    model = load_model(base, quantization=quantization, dtype=torch.bfloat16 if quantization != "none" else torch.float32,
-                       device="cpu", trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
-    if quantization != "none":
-        model = model.dequantize(dtype=torch.float32)
-    model = model.to(torch.float32)
-    model = attach_adapter(model, str(adapter)).merge_and_unload()
-    model = model.to(dtype)
+    loaded = load_for_inference(settings.base, settings.adapter, settings.quantization, merge=True,
+                                trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
+    model = loaded.model.to(getattr(torch, cfg.dtype))  # cast once, after merging in float32
     _clear_quantization(model)
 
-    processor = _processor(adapter, base, cfg.trust_remote_code)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_output_dir(out, overwrite=True)
     model.save_pretrained(out)
-    processor.save_pretrained(out)
+    loaded.processor.save_pretrained(out)
     (out / "vlmpref_merge.json").write_text(json.dumps(
-        {"base": base, "adapter": str(adapter), "base_quantization": quantization, "dtype": cfg.dtype}, indent=2))
+        {"base": loaded.base, "adapter": str(Path(cfg.adapter).expanduser().resolve()),
+         "base_quantization": loaded.quantization, "dtype": cfg.dtype}, indent=2))
     return out
-
-
-def _processor(adapter: Path, base: str, trust_remote_code: bool):
-    """The processor `vlmpref train` saved beside the adapter (its image size included), else the base's."""
-    from transformers import AutoProcessor
-
-    from vlmpref.models.loading import load_processor
-
-    for folder in (adapter, adapter.parent):
-        if (folder / "processor_config.json").is_file() or (folder / "preprocessor_config.json").is_file():
-            return AutoProcessor.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
-    return load_processor(base, trust_remote_code=trust_remote_code)
 
 
 def _clear_quantization(model) -> None:

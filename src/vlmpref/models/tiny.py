@@ -17,22 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import (
-    AutoModelForImageTextToText,
-    Idefics3Config,
-    Idefics3Processor,
-    LlavaConfig,
-    LlavaProcessor,
-    PreTrainedTokenizerFast,
-    SmolVLMConfig,
-)
-from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
-from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
+from typing import TYPE_CHECKING
 
-from vlmpref.data.synthetic import text_corpus
 from vlmpref.errors import VlmprefError
+
+if TYPE_CHECKING:  # transformers, tokenizers and torch load when a model is built, so `--help` stays quick
+    from transformers import PreTrainedTokenizerFast
 
 Architecture = Literal["idefics3", "smolvlm", "llava", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "gemma3", "internvl"]
 
@@ -57,7 +47,7 @@ _CHAT_TEMPLATE = (
 class TinyModelConfig:
     """Options of `vlmpref tiny-model`."""
 
-    output_dir: str = field(metadata={"help": "Folder to write the model, processor and tokenizer to."})
+    output_dir: str = field(metadata={"path": "out", "help": "Folder to write the model, processor and tokenizer to."})
     architecture: Architecture = field(default="idefics3", metadata={
         "help": "Model family: idefics3 (SmolVLM), smolvlm (SmolVLM2's model class), llava, qwen2_vl, qwen2_5_vl, "
                 "qwen3_vl, gemma3 or internvl (the last five with their real processor classes and chat templates)."})
@@ -78,6 +68,11 @@ def train_tokenizer(vocab_size: int, special_tokens: list[str], chat_template: s
                     bos: str | None = None, extra_special_tokens: dict[str, str] | None = None) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE tokenizer on the synthetic world's text: any string tokenizes, common words are one
     token, and each of `special_tokens` is one token (the first ones get the lowest ids)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from vlmpref.data.synthetic import text_corpus
+
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -107,6 +102,9 @@ def _text_config(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerFast, model
 
 
 def _idefics3(cfg: TinyModelConfig):
+    from transformers import Idefics3Config, Idefics3Processor
+    from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
+
     tokenizer = build_tokenizer(cfg.vocab_size)
     scale_factor = 2
     # Idefics3 requires image_seq_len == (image_size / patch)^2 / scale_factor^2 (DESIGN, pitfalls)
@@ -126,6 +124,9 @@ def _idefics3(cfg: TinyModelConfig):
 
 
 def _llava(cfg: TinyModelConfig):
+    from transformers import LlavaConfig, LlavaProcessor
+    from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
+
     tokenizer = build_tokenizer(cfg.vocab_size)
     image_processor = LlavaImageProcessorPil(
         size={"height": cfg.image_size, "width": cfg.image_size}, crop_size={"height": cfg.image_size,
@@ -148,6 +149,8 @@ def _llava(cfg: TinyModelConfig):
 def _smolvlm(cfg: TinyModelConfig):
     # SmolVLM2's model class is Idefics3's under another name; the Idefics3 processor feeds it the same inputs
     # (SmolVLM2's own processor also handles video, which needs torchvision)
+    from transformers import SmolVLMConfig
+
     config, processor = _idefics3(cfg)
     fields = {k: v for k, v in config.to_dict().items() if k not in ("model_type", "architectures",
                                                                       "transformers_version")}
@@ -170,6 +173,9 @@ def _builder(architecture: str):
 
 def build_tiny_model(cfg: TinyModelConfig):
     """Return a random tiny (model, processor) pair of the chosen architecture, in float32."""
+    import torch
+    from transformers import AutoModelForImageTextToText
+
     config, processor = _builder(cfg.architecture)(cfg)
     torch.manual_seed(cfg.seed)
     model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)

@@ -121,6 +121,8 @@ def find_gpu(name: str) -> Gpu:
         return GPUS[by_name[key]]
     size = re.fullmatch(r"(\d+(?:\.\d+)?)\s*-?(gb|gib)", key)
     if size:
+        if float(size.group(1)) <= 0:
+            raise VlmprefError(f"GPU memory must be positive, not '{name}'; give the card's memory, such as 12gb.")
         return generic_gpu(float(size.group(1)))
     near = difflib.get_close_matches(key, list(GPUS) + list(by_name), n=1, cutoff=0.5)
     hint = f"did you mean {by_name.get(near[0], near[0])}? " if near else ""

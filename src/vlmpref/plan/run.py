@@ -20,12 +20,12 @@ from rich.console import Console
 from rich.table import Table
 
 from vlmpref.errors import VlmprefError
-from vlmpref.plan.autopack import plan_packing
 from vlmpref.plan.estimate import CALIBRATION, Estimate, RunSettings, estimate, parse_image_size, run_settings
 from vlmpref.plan.gpus import GPUS, Gpu, find_gpu, local_gpu
 from vlmpref.plan.options import RunOptions
 from vlmpref.plan.presets import preset_that_fits
 from vlmpref.plan.shapes import ModelShape, describe_model
+from vlmpref.terminal import make_console
 
 # cards shown when no --gpu is given: one per common memory size
 TABLE_GPUS = ("rtx-4050-laptop", "rtx-4060", "rtx-4070", "rtx-4080", "rtx-4090", "l4", "a100-80gb", "h100")
@@ -97,13 +97,15 @@ def with_auto_packing(shape: ModelShape, settings: RunSettings, gpu: Gpu) -> tup
     """`settings` with the pairs per forward `vlmpref train` would choose on `gpu` when packing is auto."""
     if settings.engine != "fast" or settings.pairs_per_forward != "auto":
         return settings, None
+    from vlmpref.plan.autopack import plan_packing  # imports torch: here, so `vlmpref estimate --help` stays quick
+
     budget = gpu.memory_gib - CALIBRATION["cuda_context_gib"]
     plan = plan_packing(shape, settings, settings.effective_batch, budget, gpu.name)
     return dataclasses.replace(settings, pairs_per_forward=plan.pairs_per_forward), plan.reason
 
 
 def run_estimate(cfg: EstimateConfig, console: Console | None = None) -> dict:
-    console = console or Console()
+    console = console or make_console()
     if cfg.list_gpus:
         _print_gpus(console)
         return {}

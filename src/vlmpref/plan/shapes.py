@@ -19,9 +19,6 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-from torch import nn
-
 from vlmpref.errors import VlmprefError
 
 @dataclass(frozen=True)
@@ -207,6 +204,8 @@ def _image_fields(family: str, config, settings: dict) -> dict:
 def describe_model(model, trust_remote_code: bool = False, processor=None) -> ModelShape:
     """Sizes of `model` (replica name, local folder or Hub id; or a loaded model's config, with its processor
     for the image settings), from its config only."""
+    import torch  # here, not at the top: `vlmpref estimate --help` need not import torch
+    from torch import nn
     from transformers import AutoModelForImageTextToText, PretrainedConfig
 
     from vlmpref.models.adapters import language_model_prefix

@@ -12,6 +12,7 @@ from rich.table import Table
 from vlmpref.eval.evaluate import EvalRun
 from vlmpref.report.compare import compare_runs
 from vlmpref.report.table import LEGEND, MARKS, fmt_value
+from vlmpref.terminal import make_console
 
 
 def ablation_cells(base: EvalRun, variants: dict[str, EvalRun], headline_only: bool = True) -> list[list[str]]:
@@ -47,7 +48,7 @@ def print_ablation(base: EvalRun, variants: dict[str, EvalRun], title: str = "Ab
         table.add_column(column, justify="left" if i == 0 else "right")
     for line in ablation_cells(base, variants):
         table.add_row(*line)
-    console = console or Console()
+    console = console or make_console()
     console.print(table)
     console.print("In brackets: change against the base (points for percentages). " + LEGEND, style="dim")
 

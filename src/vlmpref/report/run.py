@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Optional
 
 from rich.console import Console
+from rich.markup import escape
 
 from vlmpref.errors import VlmprefError
 from vlmpref.eval.run import EvalOptions
+from vlmpref.terminal import make_console
 
 
 @dataclass
@@ -27,15 +29,15 @@ class CompareConfig(EvalOptions):
     """Options of `vlmpref compare`. With --adapter and --dataset it evaluates both models itself, with the
     options of `vlmpref eval` (EvalOptions)."""
 
-    before: Optional[str] = field(default=None, metadata={
+    before: Optional[str] = field(default=None, metadata={"path": "in", 
         "positional": True, "help": "Evaluation folder of the model before tuning (from vlmpref eval)."})
-    after: Optional[str] = field(default=None, metadata={
+    after: Optional[str] = field(default=None, metadata={"path": "in", 
         "positional": True, "help": "Evaluation folder of the model after tuning."})
-    run: Optional[str] = field(default=None, metadata={
+    run: Optional[str] = field(default=None, metadata={"path": "in", 
         "help": "Training folder whose train_summary.json (and eval_log.jsonl) give the training curves; "
                 "auto: the adapter's folder."})
-    output_dir: str = field(default="runs/compare", metadata={"help": "Folder for report.html, report.md, plots."})
-    config: Optional[str] = field(default=None, metadata={"help": "YAML file with these options; flags override it."})
+    output_dir: str = field(default="runs/compare", metadata={"path": "out", "help": "Folder for report.html, report.md, plots."})
+    config: Optional[str] = field(default=None, metadata={"path": "in", "help": "YAML file with these options; flags override it."})
     overwrite: bool = field(default=False, metadata={"help": "Replace a non-empty --output-dir."})
     examples: int = field(default=12, metadata={"help": "Examples shown side by side in the report."})
     title: str = field(default="vlmpref: before vs after tuning", metadata={"help": "Title of the report."})
@@ -89,21 +91,21 @@ def compare_folders(before_dir: str | Path, after_dir: str | Path, out_dir: str 
     from vlmpref.report.html import write_report
     from vlmpref.report.table import print_rows
 
-    console = console or Console()
+    console = console or make_console()
     before, after = read_eval(before_dir), read_eval(after_dir)
     rows = compare_runs(before, after)
     print_rows(rows, title=title, console=console)
     paths = write_report(before, after, rows, out_dir, run_dir=run_dir, examples=examples, title=title)
     for note in warnings(before, after):
-        console.print(f"[yellow]note:[/] {note}")
-    console.print(f"Report written to {paths['html']} (and report.md, plots/ beside it)")
+        console.print(f"[yellow]note:[/] {escape(note)}")  # a note names splits, "[test]", which rich would eat
+    console.print(f"Report written to {paths['html']} (and report.md, plots/ beside it)", markup=False)
     return rows, paths
 
 
 def run_compare(cfg: CompareConfig, console: Console | None = None) -> dict[str, Path]:
     """Compare as `cfg` says, print the table and write the report; returns the written files."""
     from vlmpref.eval.evaluate import read_eval
-    from vlmpref.train.run import prepare_output_dir
+    from vlmpref.runs import prepare_output_dir
 
     if cfg.before is not None:
         before_dir, after_dir = Path(cfg.before), Path(cfg.after)

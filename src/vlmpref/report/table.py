@@ -8,12 +8,12 @@ are within noise. Hallucination changes also show the relative change ("-50% rel
 
 from __future__ import annotations
 
-import sys
 
 from rich.console import Console
 from rich.table import Table
 
 from vlmpref.report.compare import ComparisonRow
+from vlmpref.terminal import make_console
 
 LEGEND = ("✓ / ✗: better / worse beyond the 95% interval of the change (paired bootstrap over the same "
           "examples); unmarked: within noise. Intervals in brackets are 95%.")
@@ -71,8 +71,7 @@ def print_rows(rows: list[ComparisonRow], title: str = "Held-out evaluation", co
             table.add_section()
         group = row.spec.group
         table.add_row(*cells)
-    # Piped output (logs, CI) gets a width that fits the table instead of rich's 80 columns
-    console = console or Console(width=None if sys.stdout.isatty() else 130)
+    console = console or make_console()
     console.print(table)
     console.print(LEGEND, style="dim")
 
@@ -110,4 +109,4 @@ def print_metrics(metrics: dict, title: str = "Evaluation", console: Console | N
         metric = lookup(metrics, spec.path)
         if spec.headline or spec.path.startswith("answer_accuracy_by_type"):
             table.add_row(spec.label, fmt_value(metric, spec.percent), str(metric.get("n", "")))
-    (console or Console()).print(table)
+    (console or make_console()).print(table)

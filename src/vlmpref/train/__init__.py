@@ -7,6 +7,14 @@
 """
 
 from vlmpref.train.config import TrainConfig
-from vlmpref.train.run import TrainResult, train
 
 __all__ = ["TrainConfig", "TrainResult", "train"]
+
+
+def __getattr__(name: str):
+    # the trainer (torch, transformers, TRL) loads on first use, so reading TrainConfig for `--help` stays quick
+    if name in ("TrainResult", "train"):
+        from vlmpref.train import run
+
+        return getattr(run, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

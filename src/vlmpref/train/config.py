@@ -11,15 +11,14 @@ from typing import ClassVar, Literal, Optional
 
 from vlmpref.config import IntOrAuto
 from vlmpref.data.images import DEFAULT_MAX_PIXELS
-from vlmpref.data.sources import default_split
+from vlmpref.data.sources import default_split, held_out_split
 from vlmpref.errors import VlmprefError
 from vlmpref.plan.options import RunOptions
-from vlmpref.train.fast.losses import LOSS_TYPES as FAST_ENGINE_LOSSES
+from vlmpref.runs import RUN_CONFIG
 
 LOSS_TYPES = ("sigmoid", "ipo", "hinge", "sft", "robust", "sigmoid_norm", "apo_zero", "apo_down", "bco_pair",
               "nca_pair", "sppo_hard", "discopop")
-FAST_LOSS_TYPES = FAST_ENGINE_LOSSES
-CONFIG_NAME = "vlmpref_config.yaml"
+CONFIG_NAME = RUN_CONFIG
 # Options a resumed run may change: they do not change what is computed, only how it is logged, saved,
 # loaded or how much memory it takes (pairs per forward keep the effective batch)
 SAFE_ON_RESUME = ("logging_steps", "save_steps", "save_total_limit", "eval_steps", "report_to", "dataset_num_proc",
@@ -39,26 +38,26 @@ class TrainConfig(RunOptions):
     resume_file: ClassVar[str] = CONFIG_NAME  # what `--resume FOLDER` reads the options from
 
     # ---- what to train on
-    model: str = field(default="HuggingFaceTB/SmolVLM-Instruct", metadata={
+    model: str = field(default="HuggingFaceTB/SmolVLM-Instruct", metadata={"path": "in", 
         "help": "Base model: Hub id or local folder (any AutoModelForImageTextToText checkpoint)."})
-    dataset: str = field(default="HuggingFaceH4/rlaif-v_formatted", metadata={
+    dataset: str = field(default="HuggingFaceH4/rlaif-v_formatted", metadata={"path": "in", 
         "help": "Preference data: Hub id, save_to_disk folder, folder of data files, or a .jsonl/.json/.parquet file."})
     split: Optional[str] = field(default=None, metadata={
         "help": "Training split, slicing allowed (train[:90%]); auto: the whole train split (a single file is its "
                 "one split), or the guide's train[:6%] for HuggingFaceH4/rlaif-v_formatted."})
-    eval_dataset: Optional[str] = field(default=None, metadata={
+    eval_dataset: Optional[str] = field(default=None, metadata={"path": "in", 
         "help": "Held-out preference data for evaluation during training; defaults to --dataset when "
                 "--eval-split is given."})
     eval_split: Optional[str] = field(default=None, metadata={
         "help": "Held-out split, e.g. test[:1%]; auto with --eval-dataset: its held-out split, as `vlmpref eval` "
                 "picks it."})
-    output_dir: str = field(default="runs/dpo", metadata={
+    output_dir: str = field(default="runs/dpo", metadata={"path": "out", 
         "help": "Folder for the adapter, processor, resolved config, logs and checkpoints."})
-    config: Optional[str] = field(default=None, metadata={"help": "YAML file with these options; flags override it."})
+    config: Optional[str] = field(default=None, metadata={"path": "in", "help": "YAML file with these options; flags override it."})
     overwrite: bool = field(default=False, metadata={
         "help": "Start a new run in a non-empty --output-dir (its checkpoints are not used; --resume continues "
                 "a run instead)."})
-    resume: Optional[str] = field(default=None, metadata={
+    resume: Optional[str] = field(default=None, metadata={"path": "in", 
         "help": "Continue the run in this output folder from its last complete checkpoint, with its saved "
                 f"options ({CONFIG_NAME}); only {', '.join('--' + k.replace('_', '-') for k in SAFE_ON_RESUME)} may "
                 "be changed by flags."})
@@ -136,6 +135,32 @@ class TrainConfig(RunOptions):
                 "targets, image resolution, batch and checkpointing; --config and flags override it. From Python, "
                 "vlmpref.config.resolve(TrainConfig, preset=...) applies it."})
 
+    @classmethod
+    def follow_given(cls, values: dict, given: dict) -> None:
+        """A --dataset flag replaces the config file's dataset, and with it the file's options that described that
+        dataset (its splits and held-out set), in place, before the flags are applied.
+
+        The held-out set then comes from the new data: its held-out split (test, validation, ...) when it has one,
+        else none (training then runs without evaluation; `vlmpref train` says so before it starts).
+        """
+        new, old = given.get("dataset"), values.get("dataset")
+        if not new or old in (None, new):
+            return
+        wanted_eval = bool(values.get("eval_dataset")) and "eval_dataset" not in given
+        for name in ("split", "eval_dataset", "eval_split"):
+            if name not in given:
+                values.pop(name, None)
+        if not wanted_eval:
+            return
+        if "eval_split" in given:
+            values["eval_dataset"] = new
+        elif held_out_split(new):
+            values["eval_dataset"], values["eval_split"] = new, held_out_split(new)
+        else:  # nothing to hold out: the file's evaluation options have no set to run on
+            for name in ("eval_steps", "per_device_eval_batch_size"):
+                if name not in given:
+                    values.pop(name, None)
+
     def __post_init__(self):
         self.check_run_options()
         for name in ("learning_rate", "per_device_eval_batch_size", "logging_steps", "save_steps"):
@@ -160,6 +185,8 @@ class TrainConfig(RunOptions):
         if self.split is None:
             self.split = default_split(self.dataset, "train")
         self._check_ignored_options()
+        from vlmpref.train.fast.losses import LOSS_TYPES as FAST_LOSS_TYPES  # torch: not needed for --help
+
         if self.engine == "fast" and not set(self.loss_type) <= FAST_LOSS_TYPES:
             raise VlmprefError(f"The fast engine has no {sorted(set(self.loss_type) - FAST_LOSS_TYPES)[0]} loss; "
                                "use --engine trl for it.")

@@ -46,6 +46,8 @@ def summary_line(summary: dict, output_dir) -> str:
     rate = f", {pairs / seconds:.2f} pairs/s" if seconds and pairs else ""
     once = summary.get("one_time_seconds")
     extra = f", after a one-time pass of {duration(once)}" if once and once >= 0.5 else ""
+    if summary.get("reference_logps") == "reused":  # a resumed run: the stored reference, no one-time pass
+        extra += ", reference log-probs reused from the run"
     if summary.get("seconds"):
         extra += f" ({duration(summary['seconds'])} in all)"
     peak = summary.get("peak_memory_gib")

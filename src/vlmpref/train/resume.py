@@ -12,6 +12,8 @@ import dataclasses
 import json
 from pathlib import Path
 
+from transformers import TrainerCallback
+
 from vlmpref import config as config_io
 from vlmpref.errors import VlmprefError
 from vlmpref.train.checkpoints import last_checkpoint, remove_partial_checkpoints
@@ -45,8 +47,19 @@ def check_resumable(cfg: TrainConfig) -> Path | None:
     return last_checkpoint(folder)
 
 
+class StepsFromThisRun(TrainerCallback):
+    """Logging, evaluation and save intervals from this run's options, also when resuming.
+
+    transformers restores them from the checkpoint's trainer state, so `--resume RUN --logging-steps 1` would
+    keep logging every 10 steps; they are in SAFE_ON_RESUME because they change nothing that is computed.
+    """
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        state.compute_steps(args, state.max_steps)
+
+
 def resume_line(output_dir: str | Path) -> str:
     return f"vlmpref train --resume {output_dir}"
 
 
-__all__ = ["check_resumable", "resume_line", "CONFIG_NAME"]
+__all__ = ["StepsFromThisRun", "check_resumable", "resume_line", "CONFIG_NAME"]

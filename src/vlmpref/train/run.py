@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -27,18 +26,23 @@ from vlmpref.models import load_model, load_processor, lora_config
 from vlmpref.models.loading import default_device, prefer_expandable_segments, supports_bf16
 from vlmpref.plan.shapes import set_image_longest_edge
 from vlmpref.config import describe_preset
-from vlmpref.train.checkpoints import last_checkpoint, remove_partial_checkpoints
+from vlmpref.runs import prepare_output_dir
+from vlmpref.train.checkpoints import last_checkpoint
 from vlmpref.train.config import CONFIG_NAME, TrainConfig
 from vlmpref.train.engines import TrlEngine, make_trainer
 from vlmpref.train.guards import NonFiniteLoss, StopOnSignal, stop_on_signals
 from vlmpref.train.lengths import apply_length_policy
 from vlmpref.plan.memory import check_memory, out_of_memory_error
 from vlmpref.train.processes import Processes
-from vlmpref.train.resume import check_resumable, resume_line
+from vlmpref.train.resume import StepsFromThisRun, check_resumable, resume_line
 from vlmpref.train.train_log import TRAIN_LOG, JsonlLog
 
 # What a run writes besides the adapter and processor; --overwrite removes them so nothing mixes with the new run
-RUN_FILES = ("train_summary.json", "rejected_rows.jsonl", "rejected_rows_eval.jsonl", "eval_log.jsonl", TRAIN_LOG)
+# (the old run's checkpoints would otherwise be taken for this run's by --resume)
+RUN_FILES = ("checkpoint-*", ".checkpoint-*", "train_summary.json", "rejected_rows.jsonl", "rejected_rows_eval.jsonl",
+             "eval_log.jsonl", TRAIN_LOG)
+# Everything a run can leave before its first checkpoint: such a folder is started again without --overwrite
+EARLY_FILES = RUN_FILES + (CONFIG_NAME, "runs", "reference_logps.json", "image_features")
 
 
 @dataclass
@@ -53,24 +57,49 @@ class TrainResult:
     main: bool = True  # False in the other processes of a data-parallel run (they print nothing)
 
 
-def prepare_output_dir(path: str | Path, overwrite: bool) -> Path:
-    """Refuse to mix a new run into an existing one unless asked; with --overwrite, clear the old run's state."""
+def prepare_run_dir(path: str | Path, overwrite: bool) -> Path:
+    """The run's output folder: new, or cleared with --overwrite, or a failed run's to start again.
+
+    A run that stopped before its first checkpoint (a missing dataset, a bad split, too many rows set aside, no
+    network) has nothing to resume, so its folder is taken over as if empty; a folder holding anything else
+    (a checkpoint, an adapter, files of yours) still needs --overwrite or --resume.
+    """
     out = Path(path)
-    if out.exists() and not out.is_dir():
-        raise VlmprefError(f"--output-dir {out} is a file; choose a folder.")
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            hint = f", or continue that run with `{resume_line(out)}`" if (out / CONFIG_NAME).is_file() else ""
-            raise VlmprefError(f"Output folder {out} is not empty; choose another --output-dir or pass "
-                               f"--overwrite{hint}.")
-        # the old run's checkpoints would otherwise be taken for this run's by --resume
-        for old in out.glob("checkpoint-*"):
-            shutil.rmtree(old, ignore_errors=True)
-        for name in RUN_FILES:
-            (out / name).unlink(missing_ok=True)
-        remove_partial_checkpoints(out)
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+    if stopped_before_first_checkpoint(out):
+        print(f"{out} holds a run that stopped before its first checkpoint; starting it again there.")
+        return prepare_output_dir(out, overwrite=True, clear=EARLY_FILES)
+    hint = f", or continue that run with `{resume_line(out)}`" if (out / CONFIG_NAME).is_file() else ""
+    return prepare_output_dir(out, overwrite, clear=RUN_FILES, hint=hint)
+
+
+def stopped_before_first_checkpoint(folder: Path) -> bool:
+    """True when `folder` holds only what a run writes before its first checkpoint (and that run's config)."""
+    if not (folder / CONFIG_NAME).is_file() or last_checkpoint(folder) is not None:
+        return False
+    if (folder / "train_summary.json").is_file() or (folder / "adapter_config.json").is_file():
+        return False  # a finished run, or one stopped by a signal: not a failure to retry
+    return all(any(entry.match(pattern) for pattern in EARLY_FILES) for entry in folder.iterdir())
+
+
+def held_out_line(cfg: TrainConfig) -> str:
+    """Which held-out set the run evaluates on, said before any work (a config file may name one you did not mean)."""
+    if not cfg.eval_dataset:
+        return ("Held-out set: none, so no evaluation during training (add --eval-split, and --eval-dataset if the "
+                "held-out data is elsewhere).")
+    when = f", every {cfg.eval_steps} steps" if cfg.eval_steps else " (no --eval-steps: not evaluated during training)"
+    return f"Held-out set: {cfg.eval_dataset} [{cfg.eval_split}]{when}."
+
+
+def _one_time_pass_note(cfg: TrainConfig, rows: int) -> str | None:
+    """The fast engine scores the reference of every pair before step 1; say so when --max-steps needs far fewer."""
+    if cfg.engine != "fast" or cfg.max_steps <= 0 or cfg.resume:  # a resumed run reuses the stored reference
+        return None
+    needed = cfg.max_steps * cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
+    if needed >= rows:
+        return None
+    return (f"note: the fast engine computes the reference log-probs of all {rows:,} training pairs once, before the "
+            f"first step (stored for later epochs and --resume); --max-steps {cfg.max_steps} trains on {needed:,} of "
+            "them. For a short trial run, slice the data instead (for example --split 'train[:" f"{needed}]').")
 
 
 def use_bf16(cfg: TrainConfig, device: torch.device) -> bool:
@@ -109,6 +138,7 @@ def train(cfg: TrainConfig, callbacks=None) -> TrainResult:
 
     With `cfg.resume` set, continue the run in that folder from its last complete checkpoint instead.
     """
+    cfg = config_io.with_absolute_paths(cfg)  # what the run saves (config, adapter's base) works from any folder
     started = time.time()
     alloc_conf = prefer_expandable_segments()
     processes = Processes()  # one, or one per GPU under accelerate launch / torchrun
@@ -123,11 +153,12 @@ def train(cfg: TrainConfig, callbacks=None) -> TrainResult:
             print(f"Resuming {out} from {checkpoint.name}." if checkpoint else
                   f"Resuming {out}: no complete checkpoint yet, so training starts at step 0.")
         else:
-            out = prepare_output_dir(cfg.output_dir, cfg.overwrite)
+            out = prepare_run_dir(cfg.output_dir, cfg.overwrite)
         # saved as configured (for one process), so the run resumes on any number of processes
         config_io.save(dataclasses.replace(cfg, resume=None, overwrite=False, output_dir=str(out)), out / CONFIG_NAME)
         if cfg.preset:
             print(describe_preset(cfg, cfg.preset))
+        print(held_out_line(cfg))
         if processes.world > 1:
             print(f"Data parallel: {processes.world} processes, each {cfg.per_device_train_batch_size} pair(s) x "
                   f"{accumulation} accumulation steps per optimizer step "
@@ -147,6 +178,10 @@ def train(cfg: TrainConfig, callbacks=None) -> TrainResult:
     if cfg.eval_dataset:
         eval_data = load_split(cfg, cfg.eval_dataset, cfg.eval_split, processor, out / "rejected_rows_eval.jsonl",
                                processes)
+
+    one_time_note = _one_time_pass_note(configured, len(data.dataset))  # the effective batch, over all processes
+    if one_time_note and processes.main:
+        print(one_time_note)
 
     # ---- model
     device = processes.device if processes.world > 1 else default_device()
@@ -171,6 +206,7 @@ def train(cfg: TrainConfig, callbacks=None) -> TrainResult:
                                eval_data.dataset if eval_data else None, bf16=bf16, callbacks=callbacks)
         with stop_on_signals() as stop:
             trainer.add_callback(StopOnSignal(stop, agree=processes.any))
+            trainer.add_callback(StepsFromThisRun())  # --resume with --logging-steps N: N, not the checkpoint's
             trainer.add_callback(JsonlLog(out / TRAIN_LOG))  # read live by `vlmpref ui`, whatever --report-to says
             trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     except torch.cuda.OutOfMemoryError:

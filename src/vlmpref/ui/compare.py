@@ -17,25 +17,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-import yaml
 from PIL import Image
 
 from vlmpref.errors import VlmprefError
 from vlmpref.eval.hallucination import chair_answer
 from vlmpref.eval.vocab import Vocabulary, load_vocabulary, pick_vocabulary
 from vlmpref.report.html import highlight
+from vlmpref.runs import run_config
 
 GENERATION_DEFAULTS = {"max_new_tokens": 64, "do_sample": False, "temperature": 0.7, "top_p": 0.9}
 
 
 def run_settings(adapter_dir: str | Path) -> dict:
     """The training config saved with an adapter: in its folder, or the run folder above a checkpoint."""
-    folder = Path(adapter_dir)
-    for place in (folder, folder.parent):
-        path = place / "vlmpref_config.yaml"
-        if path.is_file():
-            return yaml.safe_load(path.read_text()) or {}
-    return {}
+    return run_config(adapter_dir)
 
 
 @dataclass
@@ -58,8 +53,7 @@ def load_pair(adapter_dir: str | Path, base: str | None = None, quantization: st
     """Base and base + adapter, loaded once and kept (one pair at a time: another run frees the last one).
 
     `check(path_or_id)` vets the base model the run names (the UI refuses one outside its folders)."""
-    from vlmpref.generate import _load
-    from vlmpref.generate.chat import ChatConfig
+    from vlmpref.models.inference import load_for_inference
 
     settings = run_settings(adapter_dir)
     base = base or settings.get("model")
@@ -73,14 +67,12 @@ def load_pair(adapter_dir: str | Path, base: str | None = None, quantization: st
     with _load_lock:
         if key not in _loaded:
             _loaded.clear()  # free the previous pair before loading the next
-            options = dict(model=str(base), quantization=quantization,
-                           trust_remote_code=bool(settings.get("trust_remote_code")),
+            options = dict(trust_remote_code=bool(settings.get("trust_remote_code")),
                            allow_pickle=bool(settings.get("allow_pickle")))
             models = []
             for adapter in (None, str(adapter_dir)):
-                model, processor = _load(ChatConfig(adapter=adapter, **options))
-                model.eval()
-                models.append((model, processor))
+                loaded = load_for_inference(str(base), adapter, quantization, **options)
+                models.append((loaded.model.eval(), loaded.processor))
             _loaded[key] = ModelPair(str(base), str(adapter_dir), quantization, *models)
         return _loaded[key]
 
