@@ -63,6 +63,7 @@ RUN = {
     "vlmpref estimate --config configs/smolvlm-instruct/dpo-guide.yaml --gpu 8gb",
     "vlmpref estimate --config configs/smolvlm-instruct/dpo-guide-trl.yaml --gpu 6gb",
     "vlmpref estimate --model smolvlm-256m --preset 6gb",
+    "vlmpref estimate --model smolvlm-2.2b --gpu rtx-4090 --num-gpus 2",
     "vlmpref estimate --model HuggingFaceTB/SmolVLM-Instruct --gpu rtx-4070",
     "vlmpref estimate --model runs/tiny --per-device-train-batch-size 4 --image-size 1024x768 --answer-tokens 200",
     "vlmpref estimate --config configs/smolvlm-256m/dpo.yaml --pairs 20000 --num-train-epochs 1",
