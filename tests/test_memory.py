@@ -73,6 +73,26 @@ def test_train_checks_memory_before_loading_the_model(monkeypatch, tiny_model_di
                           output_dir=str(tmp_path / "out"), quantization="none", dataset_num_proc=1))
 
 
+def test_max_gpu_memory_caps_the_device_train_runs_on(monkeypatch, tiny_model_dir, shapes_dir, tmp_path):
+    """--max-gpu-memory on `cuda` (no index, as default_device gives it): PyTorch's cap needs a device index (a
+    bare "cuda" failed on the H200, benchmarks/RESULTS.md run 11); the cap is the fraction of the card asked for."""
+    from torch._utils import _get_device_index
+
+    _fake_gpu(monkeypatch, free_gib=0.1, total_gib=16.0)
+    monkeypatch.setattr("vlmpref.train.run.default_device", lambda: CUDA)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    capped = []
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction",
+                        lambda fraction, device=None: capped.append((fraction, _get_device_index(device))))
+    monkeypatch.setattr("vlmpref.train.run.load_model", lambda *a, **k: pytest.fail("model loaded"))
+    with pytest.raises(VlmprefError, match="This run needs about"):  # the pre-check stops it, after the cap
+        train(TrainConfig(model=str(tiny_model_dir), dataset=str(shapes_dir), split="train[:4]", report_to=["none"],
+                          output_dir=str(tmp_path / "out"), quantization="none", dataset_num_proc=1,
+                          max_gpu_memory=4.0))
+    assert capped == [(0.25, 0)]
+
+
 def test_out_of_memory_in_training_is_reported_and_the_checkpoint_kept(monkeypatch, tiny_model_dir, shapes_dir,
                                                                        tmp_path):
     import vlmpref.train.fast.trainer as fast

@@ -188,7 +188,9 @@ def train(cfg: TrainConfig, callbacks=None) -> TrainResult:
     bf16 = use_bf16(cfg, device)
     if cfg.max_gpu_memory is not None and device.type == "cuda":
         total = torch.cuda.get_device_properties(device).total_memory / 2**30
-        torch.cuda.set_per_process_memory_fraction(min(1.0, cfg.max_gpu_memory / total), device)
+        # PyTorch's cap takes a device index, not a bare "cuda" (which default_device gives)
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        torch.cuda.set_per_process_memory_fraction(min(1.0, cfg.max_gpu_memory / total), index)
     check_memory(cfg, data.dataset, processor, device)
     trainer = None
     try:
