@@ -77,6 +77,8 @@ class HeldOutEvalCallback(TrainerCallback):
         rows = self.rows if self.rows is not None else getattr(eval_dataloader, "dataset", None)
         if rows is None or model is None or processing_class is None:
             return
+        if not state.is_world_process_zero:  # a data-parallel run scores the held-out set once, in the main process
+            return
         log_heldout(model, processing_class, rows, args.output_dir, state.global_step, state.epoch,
                     beta=getattr(args, "beta", 0.1), batch_size=self.batch_size or args.per_device_eval_batch_size,
                     trainer_metrics=metrics, tensorboard="tensorboard" in (args.report_to or []))
