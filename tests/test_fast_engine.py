@@ -207,30 +207,34 @@ def test_image_and_reference_caches_do_not_change_training(tiny_model_dir, shape
     assert (tmp_path / "a" / "reference_logps.json").is_file()
 
 
-def test_pairs_per_forward_regroups_without_changing_the_update(tiny_model_dir, shapes_dir, tmp_path):
-    """4 pairs x 1 accumulation and 2 pairs x 2 accumulations give the same optimizer steps (sigmoid loss)."""
+@pytest.mark.parametrize("loss_type", [["sigmoid"], ["sigmoid", "sft"]])
+def test_pairs_per_forward_regroups_without_changing_the_update(tiny_model_dir, shapes_dir, tmp_path, loss_type):
+    """1 pair x 4 accumulations (as configured), 4 pairs x 1 and 2 pairs x 2 give the same optimizer steps; with the
+    SFT term too, whose token mean stays within each configured micro-batch of one pair."""
     from transformers import set_seed
 
     dataset = load_preference_data(str(shapes_dir), "train[:8]", num_proc=1).dataset
     path = str(tiny_model_dir)
     weights = []
-    for ppf in (4, 2):
+    for ppf in (1, 4, 2):
         set_seed(0)
         model = load_model(path)
         # plain SGD: an update proportional to the gradient, so a wrongly scaled accumulation would show
-        config = DPOConfig(output_dir=str(tmp_path / f"p{ppf}"), per_device_train_batch_size=4,
-                           gradient_accumulation_steps=1, max_steps=2, learning_rate=0.5, optim="sgd", bf16=False,
-                           use_cpu=True, report_to=[], save_strategy="no", activation_checkpointing=False, seed=0)
+        config = DPOConfig(output_dir=str(tmp_path / f"p{ppf}"), per_device_train_batch_size=1,
+                           gradient_accumulation_steps=4, max_steps=2, learning_rate=0.5, optim="sgd", bf16=False,
+                           use_cpu=True, report_to=[], save_strategy="no", activation_checkpointing=False, seed=0,
+                           loss_type=loss_type)
         trainer = FastDPOTrainer(model=model, args=config, train_dataset=dataset, processing_class=load_processor(path),
                                  peft_config=lora_config(model, scope="language"), pairs_per_forward=ppf)
         trainer.train()
         weights.append({n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad})
         assert trainer.args.per_device_train_batch_size == ppf and trainer.args.gradient_accumulation_steps == 4 // ppf
         # the caller's DPOConfig is copied, not regrouped in place
-        assert config.per_device_train_batch_size == 4 and config.gradient_accumulation_steps == 1
-    for name in weights[0]:
-        torch.testing.assert_close(weights[1][name], weights[0][name], rtol=1e-5, atol=1e-7,
-                                   msg=lambda m: f"{name}: {m}")
+        assert config.per_device_train_batch_size == 1 and config.gradient_accumulation_steps == 4
+    for other in weights[1:]:
+        for name in weights[0]:
+            torch.testing.assert_close(other[name], weights[0][name], rtol=1e-5, atol=1e-7,
+                                       msg=lambda m: f"{name}: {m}")
 
 
 def test_reference_logps_are_saved_and_reused(tiny_model_dir, shapes_dir, tmp_path, monkeypatch):

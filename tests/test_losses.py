@@ -68,3 +68,22 @@ def test_combined_loss_is_the_weighted_sum_of_the_means(pairs):
     # mean sigmoid over A and B, plus 0.5 x the SFT term: (0.2014133 + 1.3132617) / 2 + 0.5 x 1 = 1.2573375
     loss = combined_loss(["sigmoid", "sft"], [1.0, 0.5], pairs, BETA)
     assert loss.item() == pytest.approx(1.2573375, abs=1e-7)
+
+
+def test_sft_term_keeps_the_token_mean_of_each_configured_micro_batch(pairs):
+    """Packing A and B into one forward when the configured per-device batch is 1: TRL would average A's token mean
+    (1 + 1.5 + ... : (0.5 + 1.5 + 1.0 + 1.0) / 4 = 1.0) and B's ((2.0 + 0.0) / 2 = 1.0) over its two micro-batches —
+    not the token mean of the packed batch. Unequal means show the difference: B's tokens made -3 and -1."""
+    import dataclasses
+
+    uneven = dataclasses.replace(pairs, chosen_token_logps=torch.tensor([-0.5, -1.5, -1.0, -1.0, -3.0, -1.0],
+                                                                         dtype=torch.float64))
+    # one micro-batch of both pairs (TRL with per-device batch 2): 8 / 6 tokens
+    assert per_pair_loss("sft", uneven, BETA).tolist() == pytest.approx([8 / 6, 8 / 6], abs=1e-12)
+    # micro-batches of one pair (per-device batch 1, packed by the fast engine): (4 / 4 + 4 / 2) / 2 = 1.5
+    one = dataclasses.replace(uneven, sft_group=1)
+    assert per_pair_loss("sft", one, BETA).tolist() == pytest.approx([1.5, 1.5], abs=1e-12)
+    # the pair of each token given explicitly (tokens in another order): the same
+    shuffled = dataclasses.replace(one, chosen_token_logps=uneven.chosen_token_logps.flip(0),
+                                   chosen_token_pairs=torch.tensor([1, 1, 0, 0, 0, 0]))
+    assert per_pair_loss("sft", shuffled, BETA).tolist() == pytest.approx([1.5, 1.5], abs=1e-12)

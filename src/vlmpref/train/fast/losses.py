@@ -23,7 +23,12 @@ class LossInputs:
     ref_rejected_logps: torch.Tensor
     chosen_lengths: torch.Tensor     # [P] answer tokens
     rejected_lengths: torch.Tensor
-    chosen_token_logps: torch.Tensor  # [sum of chosen lengths] per-token policy log-probs (SFT term)
+    chosen_token_logps: torch.Tensor  # [sum of chosen lengths] per-token policy log-probs (SFT term), pair by pair
+    # Pairs per TRL micro-batch for the SFT term (0: this whole batch). TRL averages the SFT term over the tokens of
+    # its micro-batch, so the term depends on the configured per-device batch; when the fast engine packs several
+    # of those micro-batches into one forward, each keeps its own token mean (see `sft_loss`)
+    sft_group: int = 0
+    chosen_token_pairs: torch.Tensor | None = None  # [sum of chosen lengths] the pair (batch index) of each token
 
     @property
     def chosen_logratios(self):
@@ -56,9 +61,28 @@ def per_pair_loss(kind: str, x: LossInputs, beta: float, label_smoothing: float 
     if kind == "apo_down":
         return torch.sigmoid(beta * x.chosen_logratios) + (1 - torch.sigmoid(beta * delta))
     if kind == "sft":
-        # Mean negative log-likelihood over every chosen token of the batch, as TRL's "sft" term
-        return (-x.chosen_token_logps.mean()).expand(x.chosen_logps.shape[0])
+        return sft_loss(x).expand(x.chosen_logps.shape[0])
     raise ValueError(f"unknown loss type {kind!r}")
+
+
+def sft_loss(x: LossInputs) -> torch.Tensor:
+    """TRL's "sft" term: the mean negative log-likelihood over the chosen tokens of a micro-batch. With
+    `x.sft_group` = g, the batch is taken as micro-batches of g pairs each (the configured per-device batch) and
+    their token means are averaged, as gradient accumulation averages TRL's micro-batches: the optimizer step is
+    then the same however many pairs one forward packs."""
+    pairs = x.chosen_lengths.shape[0]
+    group = x.sft_group
+    if not group or group >= pairs or pairs % group:
+        return -x.chosen_token_logps.mean()
+    if x.chosen_token_pairs is not None:
+        owner = x.chosen_token_pairs.long() // group
+    else:  # tokens pair by pair
+        owner = torch.repeat_interleave(torch.arange(pairs, device=x.chosen_lengths.device) // group,
+                                        x.chosen_lengths.long(), output_size=x.chosen_token_logps.shape[0])
+    groups = pairs // group
+    sums = x.chosen_token_logps.new_zeros(groups).index_add(0, owner, x.chosen_token_logps)
+    counts = x.chosen_lengths.reshape(groups, group).sum(1).to(sums.dtype)
+    return -(sums / counts).mean()
 
 
 def combined_loss(kinds: list[str], weights: list[float] | None, x: LossInputs, beta: float,

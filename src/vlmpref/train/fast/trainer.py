@@ -157,6 +157,8 @@ class FastDPOTrainer(DPOTrainer):
             raise ValueError(f"The fast engine supports loss types {sorted(LOSS_TYPES)} with reverse-KL, no WPO "
                              f"weighting and no ld_alpha; got {sorted(unsupported) or args.loss_type}. Use trl.DPOTrainer.")
         total = args.per_device_train_batch_size * args.gradient_accumulation_steps
+        # TRL's micro-batch as configured: the SFT term is a token mean within it, whatever the packing (losses.py)
+        self.sft_group = args.per_device_train_batch_size
         if pairs_per_forward != "auto":
             if not isinstance(pairs_per_forward, int) or pairs_per_forward <= 0 or total % pairs_per_forward:
                 raise ValueError(f"pairs_per_forward={pairs_per_forward!r} must be 'auto' or a number that divides "
@@ -390,7 +392,9 @@ class FastDPOTrainer(DPOTrainer):
         x = LossInputs(chosen_logps=policy.chosen, rejected_logps=policy.rejected,
                        ref_chosen_logps=ref_chosen, ref_rejected_logps=ref_rejected,
                        chosen_lengths=batch.chosen_lengths, rejected_lengths=batch.rejected_lengths,
-                       chosen_token_logps=policy.token_logps.index_select(0, batch.chosen_targets))
+                       chosen_token_logps=policy.token_logps.index_select(0, batch.chosen_targets),
+                       sft_group=self.sft_group,
+                       chosen_token_pairs=batch.target_pair.index_select(0, batch.chosen_targets))
         loss = combined_loss(self.loss_types, self.loss_weights, x, self.beta, self.label_smoothing) * self._loss_scale
         self._log_metrics(mode, x, batch)
         return (loss, None) if return_outputs else loss
