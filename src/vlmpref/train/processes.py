@@ -134,8 +134,3 @@ class Processes:
                 f"multiple of {self.world}, e.g. --gradient-accumulation-steps {self.world * max(1, accumulation // self.world)} "
                 f"with --per-device-train-batch-size {per_device}."))
         return accumulation // self.world
-
-
-def launched_processes() -> int:
-    """The number of processes a launcher started (1 without one)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
