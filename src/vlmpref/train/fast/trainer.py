@@ -394,7 +394,9 @@ class FastDPOTrainer(DPOTrainer):
                        chosen_lengths=batch.chosen_lengths, rejected_lengths=batch.rejected_lengths,
                        chosen_token_logps=policy.token_logps.index_select(0, batch.chosen_targets),
                        sft_group=self.sft_group,
-                       chosen_token_pairs=batch.target_pair.index_select(0, batch.chosen_targets))
+                       # only the SFT term reads it: no extra kernel per micro-batch for the other losses
+                       chosen_token_pairs=(batch.target_pair.index_select(0, batch.chosen_targets)
+                                           if "sft" in self.loss_types else None))
         loss = combined_loss(self.loss_types, self.loss_weights, x, self.beta, self.label_smoothing) * self._loss_scale
         self._log_metrics(mode, x, batch)
         return (loss, None) if return_outputs else loss
